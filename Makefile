@@ -1,0 +1,31 @@
+# Two commands do everything on a fresh machine:
+#   make demo   create/update .venv, segment the bundled sample case with the bundled model
+#   make test   create/update .venv, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT := out/demo
+
+.PHONY: demo test lint venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0  # the CPU wheel; see README "Installing"
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(DEMO_OUT)
+	$(VENV)/bin/universalseg segment samples/kbp_sample.nii.gz -o $(DEMO_OUT)/kbp_sample_seg.nii.gz \
+		--group "Head and neck organs at risk" --modality CT --preview $(DEMO_OUT)/kbp_sample_preview.png
+
+test: $(STAMP)
+	$(PY) -m pytest -q Testing
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check UniversalSegLib UniversalSeg Testing benchmarks

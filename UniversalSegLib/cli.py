@@ -1,0 +1,143 @@
+"""The ``universalseg`` command line.
+
+    universalseg tasks [--modality M] [--json]
+    universalseg segment IMAGE -o OUT [--modality M] [--task T ...] [--group G ...] [--model PATH]
+                         [--device cpu|cuda|auto] [--threads N] [--force] [--keep-largest]
+                         [--probabilities DIR] [--window X Y Z] [--overlap F] [--batch N] [--blend gaussian|constant]
+                         [--threshold F] [--preview PNG] [--quiet]
+
+Errors a user can fix print one line starting with ``error:`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .errors import UniversalSegError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-command per job."""
+    parser = argparse.ArgumentParser(prog="universalseg", description="Universal medical image segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tasks = sub.add_parser("tasks", help="list the structures the catalog knows")
+    tasks.add_argument("--modality", help="only tasks that apply to this modality")
+    tasks.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+    seg = sub.add_parser("segment", help="segment one image (file or DICOM folder)")
+    seg.add_argument("image", help="NIfTI, NRRD or MHA file, or a folder with one DICOM series")
+    seg.add_argument("-o", "--output", required=True, help="OUT.nii.gz (label map + OUT.json) or OUT.seg.nrrd")
+    seg.add_argument("--modality", help="CT, MR-T1, MR-T2, ... (guessed from DICOM tags or intensities if left out)")
+    seg.add_argument("--task", action="append", default=[], help="task id or name; repeat for several")
+    seg.add_argument("--group", action="append", default=[], help="task group, e.g. 'Hippocampus'")
+    seg.add_argument("--model", help="checkpoint file (default: the bundled model)")
+    seg.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    seg.add_argument("--threads", type=int, help="CPU threads for torch")
+    seg.add_argument("--force", action="store_true", help="allow tasks that do not apply to the modality")
+    seg.add_argument("--keep-largest", action="store_true", help="keep only the largest component per task")
+    seg.add_argument("--probabilities", metavar="DIR", help="also write one probability map per task here")
+    seg.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size")
+    seg.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    seg.add_argument("--batch", type=int, default=1, help="windows per forward pass")
+    seg.add_argument("--blend", default="gaussian", choices=["gaussian", "constant"], help="window weighting")
+    seg.add_argument("--threshold", type=float, default=0.5, help="probability threshold per task")
+    seg.add_argument("--preview", metavar="PNG", help="also write three orthogonal slices with the overlay")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """Print the catalog's tasks, optionally for one modality."""
+    from .catalog import Catalog
+
+    catalog = Catalog.load()
+    modality = catalog.modality(args.modality).id if args.modality else None
+    tasks = catalog.tasks_for(modality)
+    if args.json:
+        print(json.dumps([t.to_dict() for t in tasks], indent=2))
+        return 0
+    width = max(len(t.id) for t in tasks)
+    for task in tasks:
+        group = task.to_dict()["group"]
+        print(f"{task.id:<{width}}  {task.name:<32}  {group:<30}  {', '.join(task.modalities)}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Segment one image and write the result."""
+    from .api import InferenceOptions, segment, write_result
+    from .volume import check_writable, read_image
+
+    for path in filter(None, (args.output, args.preview)):
+        check_writable(path)  # fail before minutes of inference, not after
+    image, info = read_image(args.image)
+    options = InferenceOptions(
+        window=tuple(args.window) if args.window else None, overlap=args.overlap, batch_size=args.batch,
+        blend=args.blend, threshold=args.threshold, keep_largest=args.keep_largest,
+        probabilities=bool(args.probabilities),
+    )
+    with _ProgressBar(disabled=args.quiet) as bar:
+        result = segment(
+            image, info=info, tasks=args.task, groups=args.group, modality=args.modality, model=args.model,
+            device=args.device, threads=args.threads, force=args.force, options=options, progress=bar.update,
+        )
+    written = write_result(result, args.output, probabilities_dir=args.probabilities, source=str(args.image))
+    if args.preview:
+        from .preview import write_preview
+
+        written.append(write_preview(image, result, args.preview))
+    print(f"segmented {len(result.tasks)} structure(s) ({result.modality.id}) in {result.seconds:.1f} s:")
+    for value, task in enumerate(result.tasks, start=1):
+        print(f"  {value}: {task.name}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+class _ProgressBar:
+    """A tqdm bar driven by the engine's ``progress(stage, fraction)`` callback."""
+
+    def __init__(self, disabled: bool = False) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=100, disable=disabled, file=sys.stderr, mininterval=1.0,
+                         bar_format="{desc:<11} {bar} {n:3.0f}% [{elapsed}<{remaining}]")
+        self._stage = ""
+
+    def update(self, stage: str, fraction: float) -> None:
+        weights = {"prepare": (0, 5), "infer": (5, 90), "postprocess": (95, 5)}
+        start, span = weights.get(stage, (0, 100))
+        if self._stage != stage:
+            self._stage = stage
+            self._bar.set_description_str(stage, refresh=False)
+        self._bar.update(start + span * fraction - self._bar.n)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
+
+
+COMMANDS = {"tasks": cmd_tasks, "segment": cmd_segment}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``universalseg`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UniversalSegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Segmenter: one loaded model applied to one image, from its own grid back to its own grid.
+
+Path of the data: input image -> canonical LPS grid at the model's spacing -> per-modality
+normalisation -> MONAI sliding-window inference (sigmoid per task) -> each probability map
+resampled onto the input's exact grid -> threshold, optional largest component -> label map
+(values 1..N in the order of the requested tasks; overlaps go to the higher probability).
+
+>>> segmenter = Segmenter(load_checkpoint("model.pt"))  # doctest: +SKIP
+>>> result = segmenter.run(image, tasks, modality, InferenceOptions(keep_largest=True))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from .catalog import Modality, Task
+from .errors import CancelledError, CatalogError, InputError
+from .preprocess import canonical_grid, normalise, target_spacing, to_grid
+
+Progress = Callable[[str, float], None]
+"""Called with a stage name ("prepare", "infer", "postprocess") and the fraction done in [0, 1]."""
+
+
+@dataclass
+class InferenceOptions:
+    """Sliding-window and post-processing settings; ``window=None`` takes the model's patch size."""
+
+    window: tuple[int, int, int] | None = None
+    overlap: float = 0.5
+    batch_size: int = 1
+    blend: str = "gaussian"
+    threshold: float = 0.5
+    keep_largest: bool = False
+    probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise InputError(f"window overlap {self.overlap} is outside [0, 1)", "use for example 0.5")
+        if self.blend not in ("gaussian", "constant"):
+            raise InputError(f"unknown blend mode '{self.blend}'", "use 'gaussian' or 'constant'")
+        if not 0.0 < self.threshold < 1.0:
+            raise InputError(f"threshold {self.threshold} is outside (0, 1)", "use for example 0.5")
+        if self.window is not None and any(w <= 0 or w % 16 for w in self.window):
+            raise InputError(f"window {self.window} is not a multiple of 16 on every axis",
+                             "use sizes such as 64, 96 or 128")
+
+
+@dataclass
+class SegmentationResult:
+    """A label map on the input's grid with the tasks its values stand for (value i+1 = tasks[i])."""
+
+    labels: sitk.Image
+    tasks: list[Task]
+    modality: Modality
+    probabilities: dict[str, sitk.Image] = field(default_factory=dict)
+    seconds: float = 0.0
+    model: str = ""
+
+    def label_of(self, task_id: str) -> int:
+        """The label value of a task, e.g. ``result.label_of("mandible") -> 3``."""
+        return 1 + [t.id for t in self.tasks].index(task_id)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is usable else "cpu"; "cuda" without one -> :class:`InputError`."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("a GPU (--device cuda) was asked for but CUDA is not available here",
+                         "run with --device cpu (or auto), or install a CUDA build of torch")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device '{device}'", "use cpu, cuda or auto")
+    return device
+
+
+class Segmenter:
+    """Applies a :class:`~UniversalSegLib.models.LoadedModel` to SimpleITK images."""
+
+    def __init__(self, loaded, device: str = "cpu", name: str = "") -> None:
+        self.loaded = loaded
+        self.device = resolve_device(device)
+        self.name = name
+        self.loaded.model.to(self.device).eval()
+
+    def query(self, tasks: Sequence[Task], context: Sequence[Task] = ()) -> list[int]:
+        """Task-pool rows for ``tasks`` followed by the extra ``context`` tasks, then the null token.
+
+        The network was trained querying whole task lists, so the caller passes the requested
+        tasks' group mates as context; only the requested channels are kept afterwards.
+        """
+        known = {tid: i for i, tid in enumerate(self.loaded.task_ids)}
+        missing = [t.id for t in tasks if t.id not in known]
+        if missing:
+            raise CatalogError(
+                f"the model was not trained for {', '.join(missing)}",
+                f"choose among the tasks it knows ({', '.join(self.loaded.task_ids)}) or load another model",
+            )
+        rows = [known[t.id] for t in tasks]
+        rows += [known[t.id] for t in context if t.id in known and known[t.id] not in rows]
+        return rows + [self.loaded.model.null_task]
+
+    def modality_row(self, modality: Modality, fallback: Callable[[str], Modality | None]) -> int:
+        """Modality-pool row: the modality's own, else its catalog fallback chain (e.g. MR-FLAIR -> MR)."""
+        current: Modality | None = modality
+        while current is not None:
+            if current.id in self.loaded.modality_ids:
+                return self.loaded.modality_ids.index(current.id)
+            current = fallback(current.fallback) if current.fallback else None
+        raise CatalogError(
+            f"the model has no prior for modality {modality.id}",
+            f"choose one of {', '.join(self.loaded.modality_ids)} with --modality, or load another model",
+        )
+
+    def run(
+        self,
+        image: sitk.Image,
+        tasks: Sequence[Task],
+        modality: Modality,
+        modality_row: int,
+        options: InferenceOptions | None = None,
+        context: Sequence[Task] = (),
+        progress: Progress | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> SegmentationResult:
+        """Segment ``tasks`` in ``image``; the returned label map has ``image``'s exact grid."""
+        options = options or InferenceOptions()
+        report = progress or (lambda stage, fraction: None)
+        start = time.perf_counter()
+        rows = self.query(tasks, context)
+        report("prepare", 0.0)
+        spacing = target_spacing(self.loaded.inference, [t.group for t in tasks])
+        grid = canonical_grid(image, spacing)
+        net_input = normalise(to_grid(image, grid), modality.kind)
+        report("prepare", 1.0)
+        probabilities = self._infer(net_input, rows, modality_row, options, report, cancel)
+        report("postprocess", 0.0)
+        labels, kept = self._to_input_grid(probabilities[: len(tasks)], grid, image, options, tasks)
+        report("postprocess", 1.0)
+        return SegmentationResult(labels, list(tasks), modality, kept, time.perf_counter() - start, self.name)
+
+    def _infer(self, net_input: np.ndarray, rows: list[int], modality_row: int, options: InferenceOptions,
+               report: Progress, cancel: Callable[[], bool] | None) -> np.ndarray:
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        window = options.window or tuple(self.loaded.inference.get("patch_size", (96, 96, 96)))
+        # (z, y, x) array: shrink the window to the image (rounded up to 16, at least 32) so small crops cost little.
+        roi = tuple(min(int(w), max(32, 16 * math.ceil(s / 16)))
+                    for w, s in zip(window[::-1], net_input.shape, strict=True))
+        total = _window_count(net_input.shape, roi, options.overlap)
+        calls = math.ceil(total / options.batch_size)
+        done = [0]
+        task_idx = torch.tensor([rows], device=self.device)
+        modality_idx = torch.tensor([modality_row], device=self.device)
+
+        def predictor(windows: torch.Tensor) -> torch.Tensor:
+            if cancel is not None and cancel():
+                raise CancelledError("segmentation cancelled", "run it again when you are ready")
+            n = windows.shape[0]
+            out = self.loaded.model(windows, task_idx.expand(n, -1), modality_idx.expand(n)).logits
+            done[0] += 1
+            report("infer", min(1.0, done[0] / calls))
+            return torch.sigmoid(out)
+
+        tensor = torch.from_numpy(net_input)[None, None].to(self.device)
+        report("infer", 0.0)
+        with torch.inference_mode():
+            result = sliding_window_inference(
+                tensor, roi, options.batch_size, predictor, overlap=options.overlap, mode=options.blend,
+                padding_mode="constant", cval=0.0,
+            )
+        return result[0].float().cpu().numpy()
+
+    def _to_input_grid(self, probabilities: np.ndarray, grid: sitk.Image, image: sitk.Image,
+                       options: InferenceOptions, tasks: Sequence[Task]) -> tuple[sitk.Image, dict[str, sitk.Image]]:
+        from monai.transforms import KeepLargestConnectedComponent
+
+        size = image.GetSize()[::-1]
+        best = np.zeros(size, dtype=np.float32)
+        labels = np.zeros(size, dtype=np.uint8 if len(tasks) < 256 else np.uint16)
+        kept: dict[str, sitk.Image] = {}
+        largest = KeepLargestConnectedComponent(applied_labels=[1], independent=True)
+        for value, (task, channel) in enumerate(zip(tasks, probabilities, strict=True), start=1):
+            on_grid = sitk.GetImageFromArray(channel)
+            on_grid.CopyInformation(grid)
+            native = to_grid(on_grid, image, sitk.sitkLinear, default=0.0)
+            prob = sitk.GetArrayFromImage(native)
+            mask = prob >= options.threshold
+            if options.keep_largest and mask.any():
+                mask = np.asarray(largest(mask[None].astype(np.uint8)))[0].astype(bool)
+            win = mask & (prob > best)
+            labels[win] = value
+            best[win] = prob[win]
+            if options.probabilities:
+                kept[task.id] = native
+        out = sitk.GetImageFromArray(labels)
+        out.CopyInformation(image)
+        return out, kept
+
+
+def _window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """How many windows MONAI's sliding window visits (same scan-interval rule)."""
+    count = 1
+    for size, window in zip(shape, roi, strict=True):
+        interval = max(int(window * (1 - overlap)), 1)
+        count *= 1 if size <= window else math.ceil((size - window) / interval) + 1
+    return count
