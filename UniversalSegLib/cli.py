@@ -5,6 +5,7 @@
                          [--device cpu|cuda|auto] [--threads N] [--force] [--keep-largest]
                          [--probabilities DIR] [--window X Y Z] [--overlap F] [--batch N] [--blend gaussian|constant]
                          [--threshold F] [--preview PNG] [--quiet]
+    universalseg evaluate DATASET_DIR [--model PATH] [--json OUT] [--limit N] [--split all|train|val]
 
 Errors a user can fix print one line starting with ``error:`` and exit with status 2.
 """
@@ -47,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--threshold", type=float, default=0.5, help="probability threshold per task")
     seg.add_argument("--preview", metavar="PNG", help="also write three orthogonal slices with the overlay")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("evaluate", help="segment a dataset's cases and report Dice and HD95 per label")
+    ev.add_argument("dataset", help="folder with dataset.json (shared format or nnU-Net raw layout)")
+    ev.add_argument("--model", help="checkpoint file (default: the bundled model)")
+    ev.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    ev.add_argument("--limit", type=int, help="only the first N cases by id")
+    ev.add_argument("--split", default="all", choices=["all", "train", "val"], help="cases of this split only")
+    ev.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ev.add_argument("--threads", type=int, help="CPU threads for torch")
     return parser
 
 
@@ -98,6 +108,27 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model on a dataset folder; print the Markdown table."""
+    from .training.evaluate import evaluate_dataset, markdown_table, write_report
+    from .volume import check_writable
+
+    if args.json:
+        check_writable(args.json)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    report = evaluate_dataset(args.dataset, model=args.model, limit=args.limit, split=args.split, device=args.device,
+                              progress=lambda i, n, case: print(f"[{i + 1}/{n}] {case}", file=sys.stderr))
+    print(markdown_table(report))
+    for failure in report["failed"]:
+        print(f"failed: {failure['case']}: {failure['error']}")
+    if args.json:
+        write_report(report, args.json)
+    return 0
+
+
 class _ProgressBar:
     """A tqdm bar driven by the engine's ``progress(stage, fraction)`` callback."""
 
@@ -123,7 +154,7 @@ class _ProgressBar:
         self._bar.close()
 
 
-COMMANDS = {"tasks": cmd_tasks, "segment": cmd_segment}
+COMMANDS = {"tasks": cmd_tasks, "segment": cmd_segment, "evaluate": cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
