@@ -4,7 +4,8 @@
     universalseg segment IMAGE -o OUT [--modality M] [--task T ...] [--group G ...] [--model PATH]
                          [--device cpu|cuda|auto] [--threads N] [--force] [--keep-largest]
                          [--probabilities DIR] [--window X Y Z] [--overlap F] [--batch N] [--blend gaussian|constant]
-                         [--threshold F] [--preview PNG] [--quiet]
+                         [--threshold F] [--preview PNG] [--quiet] [--refine] [--refine-task T ...]
+    universalseg refine IMAGE (--mask COARSE | --box i0,j0,k0,i1,j1,k1) -o OUT [--modality M]  (see refine/cli.py)
     universalseg evaluate DATASET_DIR [--model PATH] [--json OUT] [--limit N] [--split all|train|val]
 
 Errors a user can fix print one line starting with ``error:`` and exit with status 2.
@@ -18,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import UniversalSegError
+from .refine.cli import add_refine_parser, add_segment_refine_options, cmd_refine, refine_result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--threshold", type=float, default=0.5, help="probability threshold per task")
     seg.add_argument("--preview", metavar="PNG", help="also write three orthogonal slices with the overlay")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_segment_refine_options(seg)
 
     ev = sub.add_parser("evaluate", help="segment a dataset's cases and report Dice and HD95 per label")
     ev.add_argument("dataset", help="folder with dataset.json (shared format or nnU-Net raw layout)")
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="all", choices=["all", "train", "val"], help="cases of this split only")
     ev.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ev.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_refine_parser(sub)
     return parser
 
 
@@ -95,6 +99,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             image, info=info, tasks=args.task, groups=args.group, modality=args.modality, model=args.model,
             device=args.device, threads=args.threads, force=args.force, options=options, progress=bar.update,
         )
+    if args.refine or args.refine_task:
+        result = refine_result(image, result, args)
     written = write_result(result, args.output, probabilities_dir=args.probabilities, source=str(args.image))
     if args.preview:
         from .preview import write_preview
@@ -154,7 +160,7 @@ class _ProgressBar:
         self._bar.close()
 
 
-COMMANDS = {"tasks": cmd_tasks, "segment": cmd_segment, "evaluate": cmd_evaluate}
+COMMANDS = {"tasks": cmd_tasks, "segment": cmd_segment, "evaluate": cmd_evaluate, "refine": cmd_refine}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

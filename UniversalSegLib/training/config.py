@@ -33,7 +33,8 @@ class DatasetSpec:
             ``weight / sum(weights)``).
         spacing: (x, y, z) mm the cases are resampled to; ``None`` keeps the voxel grid as stored
             (required for data whose spacing is unknown, such as the ACDC export).
-        patch_size: (x, y, z) voxels of a training patch, each a multiple of 16.
+        patch_size: (x, y, z) voxels of a training patch, each a multiple of 16, one at least 32
+            (instance norm needs two voxels at 1/16 scale).
         flip_axes: spatial axes ("x", "y", "z") that may be mirrored (p=0.5 each). Empty by default:
             a mirror swaps left/right or anterior/posterior structures that carry distinct labels.
         modality: catalog modality id overriding the catalog's dataset entry (optional).
@@ -67,6 +68,7 @@ class TrainConfig:
         preset: network size, "small" (CPU) or "paper" (Hermes-R).
         widths: optional override of the preset's five stage widths.
         fusion_blocks: optional override of the preset's five fusion depths.
+        blocks_per_stage: optional override of the preset's residual blocks per stage.
         iterations: optimiser steps in total (baseline mode: per dataset).
         batch_size: samples per optimiser step and process (gradients are accumulated over
             sub-batches of equal patch size).
@@ -111,6 +113,7 @@ class TrainConfig:
     preset: str = "small"
     widths: tuple[int, int, int, int, int] | None = None
     fusion_blocks: tuple[int, int, int, int, int] | None = None
+    blocks_per_stage: int | None = None
     iterations: int = 4000
     batch_size: int = 2
     lr: float = 2e-3
@@ -178,8 +181,9 @@ class TrainConfig:
         _check(len(set(names)) == len(names), f"dataset folders repeat: {names}", "list each dataset once")
         for d in self.datasets:
             _check(d.weight > 0, f"dataset {d.name}: weight {d.weight} must be > 0", "use e.g. 1.0")
-            _check(len(d.patch_size) == 3 and all(int(s) > 0 and int(s) % 16 == 0 for s in d.patch_size),
-                   f"dataset {d.name}: patch_size {list(d.patch_size)} must be 3 multiples of 16",
+            _check(len(d.patch_size) == 3 and all(int(s) > 0 and int(s) % 16 == 0 for s in d.patch_size)
+                   and max(d.patch_size) >= 32,
+                   f"dataset {d.name}: patch_size {list(d.patch_size)} must be 3 multiples of 16, one >= 32",
                    "use sizes such as [64, 64, 64] or [96, 96, 16]")
             _check(d.spacing is None or (len(d.spacing) == 3 and all(s > 0 for s in d.spacing)),
                    f"dataset {d.name}: spacing {d.spacing} must be null or 3 positive numbers (x, y, z mm)",

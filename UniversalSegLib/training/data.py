@@ -271,7 +271,7 @@ def prepare_case(case: Case, spacing: Sequence[float] | None, kind: str, cache_d
     except OSError as err:
         raise CaseError(f"{case.dataset}/{case.id}: cannot read its files ({err})", "check the files") from None
     stem = folder / f"{_safe(case.id)}.{key}"
-    meta_path = stem.with_suffix(".meta.npz")
+    meta_path = _with(stem, ".meta.npz")
     if meta_path.is_file():
         try:
             return _load_cached(case, stem)
@@ -286,13 +286,18 @@ def prepare_case(case: Case, spacing: Sequence[float] | None, kind: str, cache_d
         if len(idx) > FOREGROUND_POINTS:
             idx = idx[np.sort(rng.choice(len(idx), FOREGROUND_POINTS, replace=False))]
         fg[f"fg_{value}"] = idx
-    _atomic_npy(stem.with_suffix(".image.npy"), image.astype(np.float16))
-    _atomic_npy(stem.with_suffix(".label.npy"), label)
+    _atomic_npy(_with(stem, ".image.npy"), image.astype(np.float16))
+    _atomic_npy(_with(stem, ".label.npy"), label)
     fd, tmp = tempfile.mkstemp(prefix=f".{meta_path.name}.", suffix=".tmp.npz", dir=folder)
     os.close(fd)
     np.savez(tmp, spacing=np.asarray(grid_spacing, dtype=np.float64), pad=np.float32(image.min()), **fg)
     os.replace(tmp, meta_path)
     return _load_cached(case, stem)
+
+
+def _with(stem: Path, suffix: str) -> Path:
+    """``stem`` + ``suffix`` (not ``Path.with_suffix``, which would drop the key after the last dot)."""
+    return stem.parent / (stem.name + suffix)
 
 
 def _safe(name: str) -> str:
@@ -307,8 +312,8 @@ def _atomic_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _load_cached(case: Case, stem: Path) -> CachedCase:
-    meta = np.load(stem.with_suffix(".meta.npz"))
-    image_path, label_path = stem.with_suffix(".image.npy"), stem.with_suffix(".label.npy")
+    meta = np.load(_with(stem, ".meta.npz"))
+    image_path, label_path = _with(stem, ".image.npy"), _with(stem, ".label.npy")
     shape = np.load(label_path, mmap_mode="r").shape
     fg = {int(k[3:]): meta[k] for k in meta.files if k.startswith("fg_")}
     return CachedCase(case.dataset, case.id, case.present_labels, image_path, label_path, tuple(shape),

@@ -276,6 +276,8 @@ def build_model(config: TrainConfig, num_tasks: int, num_modalities: int, prior_
         cfg = dataclasses.replace(cfg, widths=tuple(config.widths))
     if config.fusion_blocks is not None:
         cfg = dataclasses.replace(cfg, fusion_blocks=tuple(config.fusion_blocks))
+    if config.blocks_per_stage is not None:
+        cfg = dataclasses.replace(cfg, blocks_per_stage=int(config.blocks_per_stage))
     if prior_free:
         cfg = dataclasses.replace(cfg, fusion_blocks=(0, 0, 0, 0, 0))
     return HermesNet(cfg)
@@ -391,13 +393,13 @@ class RunLog:
             path = folder / name
             if path.is_file():
                 rows = list(csv.reader(path.open()))
-                kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < start]
+                kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= start]
                 with path.open("w", newline="") as f:
                     csv.writer(f).writerows(kept)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(folder / "tensorboard"), purge_step=start or None)
+            self.writer = SummaryWriter(str(folder / "tensorboard"), purge_step=start + 1 if start else None)
         except Exception:  # tensorboard is optional
             self.writer = None
 
@@ -476,11 +478,14 @@ class RunLog:
 
 
 # ------------------------------------------------------------------------------------------ training
-def train(config: TrainConfig, progress: bool = True, *, resume: bool = True, catalog: Any = None) -> Path:
+def train(config: TrainConfig, progress: bool = True, *, resume: bool = True, catalog: Any = None,
+          stop_after: int | None = None) -> Path:
     """Run the training ``config`` describes and return the path of the best checkpoint.
 
     ``resume``: continue from ``<output_dir>/last.pt`` when it exists (False starts over and
     replaces it). ``catalog``: a :class:`~UniversalSegLib.catalog.Catalog` (default: the bundled one).
+    ``stop_after``: leave after this iteration (``last.pt`` written; the schedule still assumes
+    ``config.iterations``), to split a run into sessions; ``best.pt`` may then not exist yet.
     Baseline mode returns ``<output_dir>/baseline.json`` (one checkpoint per dataset).
     """
     if catalog is None:
@@ -490,13 +495,14 @@ def train(config: TrainConfig, progress: bool = True, *, resume: bool = True, ca
     torch.set_num_threads(config.threads)
     dist = setup_distributed(config)
     if config.mode == "universal":
-        return _train_one(config, catalog, dist, progress, resume, prior_free=False)
+        return _train_one(config, catalog, dist, progress, resume, prior_free=False, stop_after=stop_after)
     results = {}
     for spec in config.datasets:
         sub = dataclasses.replace(config, datasets=[spec], output_dir=str(config.output_path / "baseline" / spec.name),
                                   generic_modality_prob=0.0, modality_loss_weight=0.0, inference_spacing=None,
                                   inference_patch_size=None)
-        results[spec.name] = str(_train_one(sub, catalog, dist, progress, resume, prior_free=True))
+        results[spec.name] = str(_train_one(sub, catalog, dist, progress, resume, prior_free=True,
+                                            stop_after=stop_after))
     manifest = config.output_path / "baseline.json"
     if dist.main:
         manifest.write_text(json.dumps({"mode": "baseline", "iterations_per_dataset": config.iterations,
@@ -505,7 +511,7 @@ def train(config: TrainConfig, progress: bool = True, *, resume: bool = True, ca
 
 
 def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, resume: bool,
-               prior_free: bool) -> Path:
+               prior_free: bool, stop_after: int | None = None) -> Path:
     out = config.output_path
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -580,7 +586,7 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
                                 output.modality_logits, batch.modality.to(dist.device))
                 share = len(group) / len(samples)
                 (parts.total * share).backward()
-                sums += share * np.array([float(v) for v in parts])
+                sums += share * np.array([float(v.detach()) for v in parts])
             if dist.world > 1:
                 _all_reduce_grads(model, dist.world)
             gnorm = (float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
@@ -605,7 +611,8 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
                 best = _validate_and_export(config, runs, pool, ema.module, dist, runlog, done, best, elapsed,
                                             inference, meta_common, catalog, best_path)
                 model.train()
-            if done % config.checkpoint_every == 0 or done == config.iterations:
+            stopping = stop_after is not None and done >= stop_after
+            if done % config.checkpoint_every == 0 or done == config.iterations or stopping:
                 if dist.main:
                     _atomic_save({"version": STATE_VERSION, "iteration": done, "model": model.state_dict(),
                                   "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
@@ -614,10 +621,12 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
                                   "task_ids": pool.task_ids, "modality_ids": pool.modality_ids,
                                   "config": config.to_dict()}, last_path)
                 dist.barrier()
+            if stopping:
+                break
     finally:
         bar.close()
         runlog.close()
-    if not best_path.is_file():  # e.g. resumed after the last iteration
+    if not best_path.is_file() and stop_after is None:  # e.g. resumed after the last iteration
         best = _validate_and_export(config, runs, pool, ema.module, dist, runlog, config.iterations, best,
                                     elapsed, inference, meta_common, catalog, best_path, force=True)
     dist.barrier()
@@ -708,12 +717,16 @@ def build_train_parser(parser: argparse.ArgumentParser | None = None) -> argpars
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from OUTPUT_DIR/last.pt when present (default: yes)")
     parser.add_argument("--iterations", type=int, help="override the config's iterations")
+    parser.add_argument("--stop-after", type=int, metavar="N",
+                        help="leave after iteration N (last.pt written); rerun to continue")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main_train(argv: Sequence[str] | None = None) -> int:
-    """``universalseg train CONFIG.yaml [--resume/--no-resume] [--iterations N] [--quiet]``; returns the exit code.
+    """``universalseg train CONFIG.yaml [--resume/--no-resume] [--iterations N] [--stop-after N] [--quiet]``.
+
+    Returns the exit code.
 
     Prints the best checkpoint's path; a :class:`UniversalSegError` prints ``error: ...`` and gives 2.
     """
@@ -722,7 +735,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         config = load_config(args.config, iterations=args.iterations)
-        best = train(config, progress=not args.quiet, resume=args.resume)
+        best = train(config, progress=not args.quiet, resume=args.resume, stop_after=args.stop_after)
     except UniversalSegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,279 @@
+"""UniversalSeg: one network segments many structures in CT, MR, PET and ultrasound volumes (glue only).
+
+Every behaviour lives in ``UniversalSegLib.slicer_logic`` (tested against a real MRML scene without Qt);
+this file connects it to the panel: parameter node, task tree, background job polled by a QTimer.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+_HERE = Path(__file__).resolve().parent
+for _root in (_HERE, _HERE.parent):  # installed: UniversalSegLib beside this file; source tree: the repository
+    if (_root / "UniversalSegLib").is_dir() and str(_root) not in sys.path:
+        sys.path.insert(0, str(_root))
+
+from UniversalSegLib import slicer_logic as sl  # noqa: E402
+from UniversalSegLib.catalog import Catalog  # noqa: E402
+from UniversalSegLib.errors import CancelledError, UniversalSegError  # noqa: E402
+
+README = "https://github.com/universalseg/UniversalSeg#3d-slicer-module"
+
+
+class UniversalSeg(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "UniversalSeg"
+        self.parent.categories = ["Segmentation"]
+        self.parent.contributors = ["UniversalSeg developers"]
+        self.parent.helpText = (
+            "Segments organs and lesions in CT, MR, PET and ultrasound volumes with one universal network "
+            f"(Hermes context priors). See the <a href='{README}'>README</a>. The bundled model is for "
+            "research use only: it is not a medical device and must not be used for diagnosis or treatment.")
+        self.parent.acknowledgementText = (
+            "Hermes: Gao et al., Training Like a Medical Resident: Context-Prior Learning Toward Universal "
+            "Medical Image Segmentation, CVPR 2024. MedSAM: Ma et al., Segment anything in medical images, "
+            "Nature Communications 2024; LiteMedSAM (MedSAM on laptop). The bundled model was trained on "
+            "OpenKBP, the Medical Segmentation Decathlon hippocampus task, ACDC, the 2018 Left Atrium "
+            "challenge (LA 2018) and BraTS 2015.")
+
+
+@parameterNodeWrapper
+class UniversalSegParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    modality: Annotated[str, Choice(list(Catalog.load().modalities))] = "CT"
+    tasks: list[str]
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    useBundledModel: bool = True
+    modelPath: str = ""
+    refineBackend: Annotated[str, Choice(["LiteMedSAM", "MedSAM2"])] = "LiteMedSAM"
+    addBeside: bool = False
+    outputSegmentation: vtkMRMLSegmentationNode
+
+
+class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):  # nothing heavy here: no imports of torch, no installs
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = self._parameterNode = self._guiTag = self.job = None
+        self._shownModality = self._guessedFor = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/UniversalSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = UniversalSegLogic()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.onPoll)
+        self.ui.modelPathLineEdit.nameFilters = ["Checkpoints (*.pt *.pth *.ckpt)"]
+        self.ui.modelPathLineEdit.currentPathChanged.connect(lambda path: self._set("modelPath", path))
+        self.ui.inputSelector.currentNodeChanged.connect(self.onInputChanged)
+        self.ui.taskTree.itemChanged.connect(self.onTasksChanged)
+        self.ui.segmentButton.clicked.connect(self.onSegment)
+        self.ui.cancelButton.clicked.connect(lambda: self.job and self.job.cancel())
+        self.ui.undoButton.clicked.connect(self.onUndo)
+        self.ui.refineButton.clicked.connect(self.onRefine)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, lambda *a: self.enter())
+        self.enter()
+
+    def cleanup(self):
+        self.onSceneStartClose()
+        self.removeObservers()
+
+    def onSceneStartClose(self, *_):
+        if self.job is not None:  # the scene is going away: stop the engine, drop its result
+            self.job.cancel()
+            self.job = None
+            self.timer.stop()
+        self.setParameterNode(None)
+
+    def enter(self):
+        self.setParameterNode(UniversalSegParameterNode(self.logic.getParameterNode()))
+
+    def setParameterNode(self, node):
+        if self._parameterNode is not None:
+            self._parameterNode.disconnectGui(self._guiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = node
+        if node is not None:
+            self._guiTag = node.connectGui(self.ui)
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
+
+    def _set(self, name, value):
+        if self._parameterNode is not None and getattr(self._parameterNode, name) != value:
+            setattr(self._parameterNode, name, value)
+
+    def updateGUI(self, *_):
+        p = self._parameterNode
+        if p.modality != self._shownModality:
+            self.fillTasks(p.modality)
+        if self.ui.modelPathLineEdit.currentPath != p.modelPath:
+            self.ui.modelPathLineEdit.currentPath = p.modelPath
+        self.ui.modelPathLineEdit.enabled = not p.useBundledModel
+        running = self.job is not None
+        self.ui.segmentButton.enabled = bool(p.inputVolume and p.tasks) and not running
+        self.ui.cancelButton.enabled = running
+        self.ui.undoButton.enabled = self.logic.can_undo and not running
+        self.ui.refineButton.enabled = self.logic.refine_available() and not running
+
+    def fillTasks(self, modality):
+        """Structures of the modality, grouped; a group's check box (auto tri-state) ticks all of them."""
+        self._shownModality, tree = modality, self.ui.taskTree
+        groups = sl.task_groups(modality, self.logic.catalog)
+        chosen = [t.id for _, tasks in groups for t in tasks if t.id in self._parameterNode.tasks]
+        tree.blockSignals(True)
+        tree.clear()
+        for group, tasks in groups:
+            top = qt.QTreeWidgetItem([group])
+            top.setFlags(top.flags() | qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsAutoTristate)
+            tree.addTopLevelItem(top)
+            for task in tasks:
+                item = qt.QTreeWidgetItem([task.name])
+                item.setData(0, qt.Qt.UserRole, task.id)
+                item.setToolTip(0, f"{task.id}: {', '.join(task.modalities)}")
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(0, qt.Qt.Checked if task.id in chosen else qt.Qt.Unchecked)
+                top.addChild(item)
+        tree.blockSignals(False)
+        self._set("tasks", chosen)
+
+    def onTasksChanged(self, *_):
+        tree = self.ui.taskTree
+        items = [tree.topLevelItem(g).child(t) for g in range(tree.topLevelItemCount)
+                 for t in range(tree.topLevelItem(g).childCount())]
+        self._set("tasks", [i.data(0, qt.Qt.UserRole) for i in items if i.checkState(0) == qt.Qt.Checked])
+
+    def onInputChanged(self, node):
+        if node is not None and self._parameterNode is not None and node.GetID() != self._guessedFor:
+            self._guessedFor = node.GetID()  # guess once per volume: the user's choice then stands
+            guess = sl.guess_modality(node, self.logic.catalog)
+            self._set("modality", guess.modality)
+            self.ui.modalityHintLabel.text = f"guessed from {guess.source}; change it if wrong"
+
+    def ensureDependencies(self):
+        """On first use, with consent: torch through the PyTorch extension, the rest with pip."""
+        missing = sl.missing_dependencies()
+        if not missing:
+            return True
+        requirements = self.resourcePath("requirements.txt")
+        error = sl.dependency_error(missing, requirements)
+        if not slicer.util.confirmOkCancelDisplay(f"{error.problem}.\n\nInstall them now? This may take several "
+                                                  f"minutes.\n\nOffline: {error.hint}", "UniversalSeg"):
+            return False
+        try:
+            with slicer.util.tryWithErrorDisplay("Installing UniversalSeg's dependencies failed", waitCursor=True):
+                if any(d.route == "pytorch" for d in missing):
+                    import PyTorchUtils  # the PyTorch extension: picks the CUDA or CPU build of torch
+
+                    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                        raise RuntimeError("torch was not installed")
+                if any(d.route == "pip" for d in missing):
+                    slicer.util.pip_install(sl.pip_arguments(requirements))
+        except Exception:  # shown by tryWithErrorDisplay (ImportError: the PyTorch extension is not installed)
+            return False
+        return not sl.missing_dependencies()
+
+    def onSegment(self):
+        if not self.ensureDependencies():
+            return
+        p = self._parameterNode
+        request = sl.SegmentationRequest(
+            p.inputVolume, tasks=p.tasks, modality=p.modality, device=p.device,
+            model=None if p.useBundledModel else p.modelPath,
+            segmentation=p.outputSegmentation, replace_existing=not p.addBeside)
+        try:
+            self.job = self.logic.start(request)
+        except UniversalSegError as err:
+            slicer.util.errorDisplay(str(err), windowTitle="UniversalSeg")
+            return
+        self.ui.statusLabel.text = " ".join(self.job.run.warnings)
+        self.timer.start()
+        self.updateGUI()
+
+    def onPoll(self):
+        if self.job is None:
+            return self.timer.stop()
+        status = self.job.poll()
+        self.ui.progressBar.value = round(100 * status.fraction)
+        self.ui.stageLabel.text = f"{status.text} - {status.elapsed:.0f} s"
+        if not status.finished:
+            return
+        self.timer.stop()
+        job, self.job = self.job, None
+        try:
+            applied = self.logic.apply(job)
+            self._set("outputSegmentation", applied.segmentation)
+            self.ui.statusLabel.text = applied.message
+        except CancelledError:
+            self.ui.statusLabel.text = status.text
+        except UniversalSegError as err:
+            self.ui.statusLabel.text = f"Failed: {err.problem}"
+            slicer.util.errorDisplay(str(err), windowTitle="UniversalSeg")
+        self.updateGUI()
+
+    def onUndo(self):
+        undone = self.logic.undo()
+        self.ui.statusLabel.text = f"Undone: {undone}" if undone else "Nothing to undo"
+        self.updateGUI()
+
+    def onRefine(self):  # wired by the refinement work: logic.refiner
+        with slicer.util.tryWithErrorDisplay("Refinement failed"):
+            self.logic.refine(self._parameterNode, self.ui.refineSegmentSelector.currentSegmentID())
+
+
+class UniversalSegLogic(ScriptedLoadableModuleLogic, sl.SlicerSegmentationLogic):
+    """The module logic: Slicer's parameter-node plumbing over ``SlicerSegmentationLogic``."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        sl.SlicerSegmentationLogic.__init__(self, slicer.mrmlScene)
+
+
+class UniversalSegTest(ScriptedLoadableModuleTest):
+    """Self-test: the bundled model on the bundled sample CT, Dice against the stored reference contours."""
+
+    MIN_MEAN_DICE = 0.5
+
+    def runTest(self):
+        slicer.mrmlScene.Clear()
+        self.test_bundled_model_on_sample()
+
+    def _sample(self, name):
+        here = Path(os.path.dirname(slicer.util.modulePath("UniversalSeg")))
+        return next(p for p in (here / "Resources" / "Samples" / "UniversalSeg" / name, here.parent / "samples" / name)
+                    if p.is_file())
+
+    def test_bundled_model_on_sample(self):
+        volume = slicer.util.loadVolume(str(self._sample("kbp_sample.nii.gz")))
+        label = slicer.util.loadLabelVolume(str(self._sample("kbp_sample_label.nii.gz")))
+        reference = slicer.util.arrayFromVolume(label)
+        before = slicer.util.arrayFromVolume(volume).copy()
+        logic = UniversalSegLogic()
+        labels = logic.catalog.datasets["ct_headneck_openkbp"].labels
+        self.delayDisplay("Segmenting the sample with the bundled model")
+        applied = logic.run(sl.SegmentationRequest(volume, tasks=list(labels.values()), modality="CT"))
+        result = sl.segment_arrays(applied.segmentation, applied.segment_ids, volume)
+        scores = {task: sl.dice(result == value, reference == value) for value, task in labels.items()}
+        self.delayDisplay("Dice: " + ", ".join(f"{task} {score:.2f}" for task, score in scores.items()))
+        self.assertGreaterEqual(sum(scores.values()) / len(scores), self.MIN_MEAN_DICE)
+        self.assertTrue((slicer.util.arrayFromVolume(volume) == before).all())
+        self.assertEqual(applied.segment_ids, list(labels.values()))

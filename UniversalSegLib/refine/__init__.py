@@ -1,0 +1,20 @@
+"""Refinement: a promptable model (LiteMedSAM by default, MedSAM2 optionally) sharpens coarse masks or user boxes.
+
+Light to import; the model code loads when first used. Start here:
+
+* :func:`~.pipeline.refine_labelmap` - a coarse label map + image -> refined label map and the derived 3D boxes
+  (what the CLI and the Slicer logic call);
+* :class:`~.refiner.LiteMedSAMRefiner`, :class:`~.medsam2.MedSAM2Refiner` - the backends behind
+  :class:`~.refiner.Refiner`;
+* :mod:`~.prompts` - boxes, points and the prompts derived from a coarse mask; :mod:`~.propagate` - following an
+  object slice by slice without leaking;
+* :mod:`~.finetune` - how ``weights/litemedsam_finetuned.pt`` was trained.
+
+>>> from UniversalSegLib.refine import Box3D, Prompts
+>>> Prompts(box=Box3D.parse("1,2,3,9,9,9")).follows()
+True
+"""
+
+from .prompts import Box3D, Point, Prompts
+
+__all__ = ["Box3D", "Point", "Prompts"]

