@@ -7,6 +7,8 @@
                          [--threshold F] [--preview PNG] [--quiet] [--refine] [--refine-task T ...]
     universalseg refine IMAGE (--mask COARSE | --box i0,j0,k0,i1,j1,k1) -o OUT [--modality M]  (see refine/cli.py)
     universalseg evaluate DATASET_DIR [--model PATH] [--json OUT] [--limit N] [--split all|train|val]
+    universalseg train CONFIG.yaml [--resume|--no-resume] [--iterations N] [--stop-after N] [--quiet]
+    universalseg export CHECKPOINT -o OUT.pt [--version V] [--evaluation REPORT.json ...]
 
 Errors a user can fix print one line starting with ``error:`` and exit with status 2.
 """
@@ -135,6 +137,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Hand over to the trainer's own parser (it also runs under torchrun)."""
+    from .training.trainer import main_train
+
+    return main_train(args.rest)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint and its manifest."""
+    from . import __version__
+    from .training.export import export_model
+
+    reports = {}
+    for path in args.evaluation:
+        report = json.loads(open(path, encoding="utf-8").read())
+        reports[report["dataset"]] = {k: report[k] for k in ("split", "labels", "mean_dice", "seconds_per_case")}
+    manifest = export_model(args.checkpoint, args.output, args.version or __version__, reports)
+    print(f"wrote {args.output} (sha256 {manifest['sha256']}) and its manifest; usage: {manifest['usage']}")
+    return 0
+
+
 class _ProgressBar:
     """A tqdm bar driven by the engine's ``progress(stage, fraction)`` callback."""
 
@@ -160,7 +183,8 @@ class _ProgressBar:
         self._bar.close()
 
 
-COMMANDS = {"tasks": cmd_tasks, "segment": cmd_segment, "evaluate": cmd_evaluate, "refine": cmd_refine}
+COMMANDS = {"tasks": cmd_tasks, "segment": cmd_segment, "evaluate": cmd_evaluate, "refine": cmd_refine,
+            "train": cmd_train, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

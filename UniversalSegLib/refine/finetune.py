@@ -215,7 +215,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         loss.backward()
         optimizer.step()
         step += 1
-        running.append(float(loss))
+        running.append(loss.item())
         if step % args.every == 0 or step == args.iterations:
             torch.save({"model": model.trained_state(torch.float32)["state_dict"], "optimizer": optimizer.state_dict(),
                         "step": step, "rng": rng}, ckpt_path)

@@ -57,7 +57,7 @@ def _sha256(path: Path) -> str:
 def _read_state(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as err:
+    except Exception as err:  # torch.load fails on a foreign file with all kinds of errors
         raise CheckpointError(f"cannot read LiteMedSAM weights '{path}' ({err})",
                               "give a file written by the refiner fine-tune, or 'original' / 'finetuned'") from None
 
@@ -161,7 +161,8 @@ class EmbeddingCache:
         self.misses += 1
         return None
 
-    def put(self, key: str, value: torch.Tensor) -> None:
+    def put(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """Keep ``value`` (as float16) and return what was kept, so that first and later uses see the same values."""
         value = value.to(torch.float16)
         self._remember(key, value)
         if self.folder is not None:
@@ -169,12 +170,18 @@ class EmbeddingCache:
             tmp = self.folder / f".{key}.tmp.npy"
             np.save(tmp, value.numpy())
             tmp.replace(self.folder / f"{key}.npy")
+        return value
 
     def _remember(self, key: str, value: torch.Tensor) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
+
+
+#: The process-wide cache predictors share unless given their own: every refiner uses the wheel's image
+#: encoder, so an embedding stays valid across refiners, weights and calls (a re-run after editing a box).
+SHARED_CACHE = EmbeddingCache(max_items=192)
 
 
 class SlicePredictor:
@@ -186,7 +193,7 @@ class SlicePredictor:
 
     def __init__(self, model: LiteMedSAM, cache: EmbeddingCache | None = None) -> None:
         self.model = model.eval()
-        self.cache = cache or EmbeddingCache()
+        self.cache = cache if cache is not None else SHARED_CACHE
 
     def embedding(self, image: np.ndarray) -> tuple[torch.Tensor, float]:
         """The (1, 256, 64, 64) float32 embedding of a slice and its resize factor."""
@@ -195,8 +202,7 @@ class SlicePredictor:
         cached = self.cache.get(key)
         if cached is None:
             with torch.inference_mode():
-                cached = self.model.embed(tensor)
-            self.cache.put(key, cached)
+                cached = self.cache.put(key, self.model.embed(tensor))
         return cached.float(), scale
 
     def predict(self, image: np.ndarray, boxes: np.ndarray | list | None = None,

@@ -82,7 +82,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, config: str) -> No
         raise CheckpointError(f"MedSAM2 checkpoint '{path}' does not exist", "check the path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError) as err:
+    except Exception as err:  # torch.load fails on a foreign file with all kinds of errors
         raise CheckpointError(f"cannot read MedSAM2 checkpoint '{path}' ({err})",
                               "give a SAM2/MedSAM2 .pt file") from None
     state = state.get("model", state) if isinstance(state, dict) else state

@@ -1,8 +1,9 @@
 """Refining a label map: automatic prompts per label and component, one refiner, one label map out.
 
 This is what the CLI and the Slicer logic call. The result keeps the coarse map's label values and
-grid; labels not asked for are copied unchanged, and a component the refiner finds nothing for keeps
-its coarse voxels. The derived 3D boxes come back too (voxel indices; ``Box3D.physical_corners`` gives
+grid; labels not asked for are copied unchanged, a component the refiner finds nothing for keeps its
+coarse voxels, and a voxel two refined structures claim goes to the one the coarse map gave it (else to
+the first refined). The derived 3D boxes come back too (voxel indices; ``Box3D.physical_corners`` gives
 millimetres), so Slicer can show them as editable ROI markups.
 
 >>> result = refine_labelmap(image, coarse, {1: "hippocampus_anterior", 2: "hippocampus_posterior"},
@@ -125,7 +126,7 @@ def refine_labelmap(image: sitk.Image, coarse: sitk.Image, tasks: TaskList = Non
                     component[z] = in_slices[z] == value
                 mask = np.moveaxis(component, 0, axis)
                 kept += 1
-            out[mask & (out == 0)] = value
+            out[mask & ((out == 0) | (labels == value))] = value  # a contested voxel goes to its coarse label
         result.notes[value] = (f"{len(objects)} component(s) refined" +
                                (f", {kept} kept as coarse (nothing found)" if kept else ""))
     refined = sitk.GetImageFromArray(out)
