@@ -112,3 +112,23 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     rows = (run / "train_log.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + 2 iterations: only rank 0 logged
     assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
+
+
+def test_main_train_command_line(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from UniversalSegLib.training.trainer import main_train
+
+    assert main_train([str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    tiny_config(tmp_path)  # writes the synthetic data
+    from test_training_support import TINY_RUN
+
+    cfg = {"data_root": "data", "output_dir": "cli", "cache_dir": "cache", "splits_dir": "splits", **TINY_RUN,
+           "datasets": [{"path": "synth_mr", "spacing": [1.5, 1.5, 1.5], "patch_size": [32, 16, 16],
+                         "modality": "MR-T1", "tasks": {1: "hippocampus_anterior"}}]}
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main_train([str(path), "--iterations", "1", "--quiet", "--no-resume"]) == 0
+    assert capsys.readouterr().out.strip().endswith("best.pt")
+    assert (tmp_path / "cli" / "best.pt").is_file()

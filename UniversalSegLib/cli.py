@@ -139,6 +139,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Hand over to the trainer's own parser (it also runs under torchrun)."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin
     from .training.trainer import main_train
 
     return main_train(args.rest)

@@ -266,6 +266,11 @@ class IterationSamples(torch.utils.data.Dataset):
         return out
 
 
+def _identity(item: Any) -> Any:
+    """DataLoader collate that hands the iteration's sample list over unchanged (picklable)."""
+    return item
+
+
 # ------------------------------------------------------------------------------------------ model
 def build_model(config: TrainConfig, num_tasks: int, num_modalities: int, prior_free: bool = False) -> Any:
     """HermesNet of the configured preset with the overrides; ``prior_free`` removes every fusion block."""
@@ -560,7 +565,7 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
     if config.num_workers > 0:
         loader: Any = torch.utils.data.DataLoader(
             torch.utils.data.Subset(data, list(iterations)), batch_size=None, shuffle=False,
-            num_workers=config.num_workers, persistent_workers=False, prefetch_factor=2)
+            num_workers=config.num_workers, persistent_workers=False, prefetch_factor=2, collate_fn=_identity)
     else:
         loader = (data[i] for i in iterations)
 
