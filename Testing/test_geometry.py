@@ -80,19 +80,20 @@ def test_flipped_and_permuted_storage_gives_the_same_segmentation(tiny_checkpoin
                                   sitk.GetArrayFromImage(reference.labels))
 
 
-def oblique_copy(image: sitk.Image, degrees_z: float = 25, degrees_x: float = 12) -> sitk.Image:
+def oblique_copy(image: sitk.Image, degrees_z: float = 25, degrees_x: float = 12, size=(60, 56, 50),
+                 spacing=(0.8, 0.8, 0.8)) -> sitk.Image:
     """The same physical content resampled onto a finer grid rotated about z and x (an oblique acquisition)."""
     az, ax = np.deg2rad(degrees_z), np.deg2rad(degrees_x)
     rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
     rotation = rz @ rx
     centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()]))
-    size, spacing = np.array([60, 56, 50]), np.array([0.8, 0.8, 0.8])
+    size, spacing = np.asarray(size), np.asarray(spacing, dtype=float)
     grid = sitk.Image(size.tolist(), sitk.sitkUInt8)
     grid.SetSpacing(spacing.tolist())
     grid.SetDirection(rotation.flatten().tolist())
     grid.SetOrigin((centre - rotation @ (spacing * (size - 1) / 2)).tolist())
-    return to_grid(image, grid, default=-1000.0)
+    return to_grid(image, grid, default=float(sitk.GetArrayViewFromImage(image).min()))
 
 
 def test_oblique_storage_gives_the_same_network_input_and_a_result_on_its_own_grid(tiny_checkpoint):

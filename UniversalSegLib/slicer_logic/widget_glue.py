@@ -1,0 +1,183 @@
+"""What the module panel shows and does, without Qt: the module file only moves these values into widgets.
+
+    >>> from types import SimpleNamespace
+    >>> [row.name for row in task_tree("FUNDUS", selected=[])[0][0][1]]
+    ['Retinal vessels']
+    >>> parameters = SimpleNamespace(inputVolume="ct", tasks=["mandible"], useBundledModel=True)  # the node
+    >>> control_states(parameters, running=True, can_undo=True, can_refine=False)
+    ControlStates(model_path=False, segment=False, cancel=True, undo=False, refine=False)
+    >>> undo_text(None)
+    'Nothing to undo'
+
+``parameters`` is the module's parameter node, or any object with the same attribute names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import NamedTuple
+
+from ..catalog import Catalog
+from ..errors import CancelledError, UniversalSegError
+from .dependencies import Dependency, dependency_error, missing_dependencies, pip_arguments
+from .jobs import JobStatus, SegmentationJob
+from .logic import SlicerSegmentationLogic
+from .modality import ModalityGuess, task_groups
+from .request import SegmentationRequest
+
+#: Choices of the parameter node's ``device`` and ``refineBackend`` (the first is the default).
+DEVICES = ("auto", "cpu", "cuda")
+REFINE_BACKENDS = ("LiteMedSAM", "MedSAM2")
+#: The title of the module's message boxes.
+TITLE = "UniversalSeg"
+
+
+def modality_choices(catalog: Catalog | None = None) -> list[str]:
+    """The modality ids the parameter node accepts, catalog order (``"CT"`` first)."""
+    return list((catalog or Catalog.load()).modalities)
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+class TaskRow(NamedTuple):
+    """One structure in the task tree: its catalog id (item data), name, tool tip and check state."""
+
+    id: str
+    name: str
+    tooltip: str
+    checked: bool
+
+
+def task_tree(modality: str, selected: Sequence[str], catalog: Catalog | None = None) -> \
+        tuple[list[tuple[str, list[TaskRow]]], list[str]]:
+    """The structures of ``modality`` grouped for the tree, and which of ``selected`` remain chosen."""
+    groups = task_groups(modality, catalog)
+    chosen = [t.id for _, tasks in groups for t in tasks if t.id in selected]
+    rows = [(group, [TaskRow(t.id, t.name, f"{t.id}: {', '.join(t.modalities)}", t.id in chosen) for t in tasks])
+            for group, tasks in groups]
+    return rows, chosen
+
+
+def modality_hint(guess: ModalityGuess) -> str:
+    """The line under the modality selector after a guess.
+
+    >>> modality_hint(ModalityGuess("CT", "intensity"))
+    'guessed from intensity; change it if wrong'
+    """
+    return f"guessed from {guess.source}; change it if wrong"
+
+
+# ----------------------------------------------------------------------------------------------- controls
+class ControlStates(NamedTuple):
+    """Which controls are enabled."""
+
+    model_path: bool
+    segment: bool
+    cancel: bool
+    undo: bool
+    refine: bool
+
+
+def control_states(parameters, running: bool, can_undo: bool, can_refine: bool) -> ControlStates:
+    """The enabled state of the checkpoint field and the buttons, from the parameters and the logic's state."""
+    return ControlStates(model_path=not parameters.useBundledModel,
+                         segment=bool(parameters.inputVolume and parameters.tasks) and not running,
+                         cancel=running, undo=can_undo and not running, refine=can_refine and not running)
+
+
+def request_from_parameters(parameters) -> SegmentationRequest:
+    """The request the Segment button sends (``addBeside`` keeps earlier segments of the same tasks)."""
+    p = parameters
+    return SegmentationRequest(p.inputVolume, tasks=p.tasks, modality=p.modality, device=p.device,
+                               model=None if p.useBundledModel else p.modelPath,
+                               segmentation=p.outputSegmentation, replace_existing=not p.addBeside)
+
+
+# ------------------------------------------------------------------------------------------------ status
+def progress(status: JobStatus) -> tuple[int, str]:
+    """(progress bar value 0..100, stage line) of a running job."""
+    return round(100 * status.fraction), f"{status.text} - {status.elapsed:.0f} s"
+
+
+class JobOutcome(NamedTuple):
+    """A finished job: the status line, the segmentation written (or ``None``), the error to show (or ``None``)."""
+
+    text: str
+    segmentation: object | None
+    error: UniversalSegError | None
+
+
+def apply_finished(logic: SlicerSegmentationLogic, job: SegmentationJob, status: JobStatus) -> JobOutcome:
+    """Apply a finished job; a cancel is a status line, a failure also an error to show."""
+    try:
+        applied = logic.apply(job)
+    except CancelledError:
+        return JobOutcome(status.text, None, None)
+    except UniversalSegError as err:
+        return JobOutcome(f"Failed: {err.problem}", None, err)
+    return JobOutcome(applied.message, applied.segmentation, None)
+
+
+def undo_text(undone: str | None) -> str:
+    """The status line after Undo (``undone``: what :meth:`SlicerSegmentationLogic.undo` returned)."""
+    return f"Undone: {undone}" if undone else "Nothing to undo"
+
+
+# ------------------------------------------------------------------------------------------ dependencies
+def install_prompt(missing: Sequence[Dependency], requirements: str | Path) -> str:
+    """The question asked before installing what is missing, with the offline route.
+
+    >>> install_prompt([Dependency("numpy", "numpy", "slicer")], "req.txt").splitlines()[0]
+    'Python packages missing in Slicer: numpy.'
+    """
+    error = dependency_error(missing, requirements)
+    return (f"{error.problem}.\n\nInstall them now? This may take several minutes.\n\n"
+            f"Offline: {error.hint}")
+
+
+def install_torch_through_extension() -> object:
+    """Install torch with the PyTorch extension, which picks the CUDA or CPU build (``None``: not installed)."""
+    import PyTorchUtils  # the PyTorch extension: an ImportError when it is not installed
+
+    return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+
+
+def install_dependencies(missing: Sequence[Dependency], requirements: str | Path,
+                         pip_install: Callable[[list[str]], object],
+                         install_torch: Callable[[], object] = install_torch_through_extension) -> None:
+    """Install ``missing``: torch through ``install_torch``, the pip route with ``pip_install`` (raises on failure).
+
+    >>> calls = []
+    >>> install_dependencies([Dependency("monai", "monai==1.6.1", "pip")], "req.txt", calls.append)
+    >>> calls
+    [['-r', 'req.txt']]
+    """
+    if any(d.route == "pytorch" for d in missing) and install_torch() is None:
+        raise RuntimeError("torch was not installed")
+    if any(d.route == "pip" for d in missing):
+        pip_install(pip_arguments(requirements))
+
+
+def ensure_dependencies(requirements: str | Path, confirm: Callable[[str], bool],
+                        error_display: Callable[[], AbstractContextManager], pip_install: Callable[[list[str]], object],
+                        install_torch: Callable[[], object] = install_torch_through_extension) -> bool:
+    """Whether the engine's packages are there, installing what is missing once ``confirm(prompt)`` says yes.
+
+    ``error_display()`` is the context that shows an install failure (``slicer.util.tryWithErrorDisplay``);
+    the failure then returns ``False``.
+
+    >>> ensure_dependencies("req.txt", confirm=None, error_display=None, pip_install=None)  # nothing missing
+    True
+    """
+    missing = missing_dependencies()
+    if not missing:
+        return True
+    if not confirm(install_prompt(missing, requirements)):
+        return False
+    try:
+        with error_display():
+            install_dependencies(missing, requirements, pip_install, install_torch)
+    except Exception:  # noqa: BLE001 - shown by error_display (ImportError: no PyTorch extension)
+        return False
+    return not missing_dependencies()
