@@ -21,8 +21,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 demo: $(STAMP)
 	mkdir -p $(DEMO_OUT)
-	$(VENV)/bin/universalseg segment samples/kbp_sample.nii.gz -o $(DEMO_OUT)/kbp_sample_seg.nii.gz \
-		--group "Head and neck organs at risk" --modality CT --preview $(DEMO_OUT)/kbp_sample_preview.png
+	$(VENV)/bin/universalseg segment samples/hippo_sample.nii.gz -o $(DEMO_OUT)/hippo_sample_seg.nii.gz \
+		--group Hippocampus --modality MR-T1 --preview $(DEMO_OUT)/hippo_sample_preview.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q Testing

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from UniversalSegLib.errors import CheckpointError
+from UniversalSegLib.errors import CheckpointError, InputError
 from UniversalSegLib.refine.errors import MissingDependencyError
 from UniversalSegLib.refine.litemedsam import FINETUNED, EmbeddingCache, LiteMedSAM, SlicePredictor
 
@@ -115,3 +115,21 @@ def test_onnx_encoder_matches_torch(original: LiteMedSAM) -> None:
     x = torch.rand(1, 3, 256, 256)
     with torch.inference_mode():
         assert torch.allclose(onnx(x), original.image_encoder(x), atol=1e-4)
+
+
+def test_refiner_takes_boxes_and_clicks_from_markups(monkeypatch) -> None:
+    from UniversalSegLib.refine import Box3D, Point, Prompts
+    from UniversalSegLib.refine.refiner import LiteMedSAMRefiner
+
+    refiner = LiteMedSAMRefiner("original", encoder="torch", cache=EmbeddingCache())
+    monkeypatch.setattr(refiner.model.image_encoder, "forward", lambda x: torch.randn(1, 256, 64, 64))
+    volume = np.random.default_rng(0).normal(size=(6, 32, 40)).astype(np.float32)  # (k, j, i)
+    objects = [Prompts(points=(Point((20, 16, 3)), Point((5, 5, 3), positive=False))),
+               Prompts(box=Box3D((8, 6, 1), (30, 25, 4)), points=(Point((20, 16, 2)),))]
+    masks = refiner.refine(volume, objects, kind="MR")
+    assert [m.shape for m in masks] == [volume.shape] * 2
+    assert not masks[1][0].any() and not masks[1][5].any()  # the box's slices 1..4 only
+    with pytest.raises(InputError, match="outside the image"):
+        refiner.refine(volume, [Prompts(points=(Point((50, 1, 1)),))])
+    with pytest.raises(InputError, match="neither a box nor points"):
+        refiner.refine(volume, [Prompts()])

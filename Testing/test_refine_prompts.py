@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from UniversalSegLib.errors import InputError
-from UniversalSegLib.refine.prompts import Box3D, SliceSpace, box_of, derive_prompts, grow_box
+from UniversalSegLib.refine.prompts import Box3D, SliceSpace, derive_prompts, grow_box, piece_boxes
 from UniversalSegLib.refine.propagate import StopRules, propagate
 
 
@@ -40,6 +40,24 @@ def test_slice_space_round_trip(axis: int) -> None:
 
 def test_grow_box_stays_in_slice() -> None:
     assert grow_box(np.array([1, 5, 8, 9]), 2, (10, 10)).tolist() == [0, 3, 9, 9]
+    assert grow_box(np.array([[1, 5, 8, 9], [4, 4, 5, 5]]), 1, (10, 10)).tolist() == [[0, 4, 9, 9], [3, 3, 6, 6]]
+
+
+def test_a_structure_cut_in_pieces_gets_a_box_per_piece() -> None:
+    plane = np.zeros((20, 30), bool)
+    plane[5:15, 2:6] = True  # the two rami of a mandible on an axial slice
+    plane[6:14, 24:28] = True
+    plane[0, 15] = True  # a one-pixel speck: no box of its own
+    assert piece_boxes(plane).tolist() == [[2, 5, 5, 14], [24, 6, 27, 13]]
+    speck = np.zeros((5, 5), bool)
+    speck[2, 2] = True
+    assert piece_boxes(speck).tolist() == [[2, 2, 2, 2]]  # the only piece is kept, however small
+    coarse = np.zeros((3, 20, 30), np.uint8)
+    coarse[1] = plane
+    coarse[0, 5:15, 2:28] = 1  # the body of the mandible joins the two pieces into one component
+    [p] = derive_prompts(coarse, 1, SliceSpace(0), margin=0)
+    assert p.slice_boxes[1].tolist() == [[2, 5, 5, 14], [24, 6, 27, 13]]
+    assert p.slice_boxes[0].tolist() == [[2, 5, 27, 14]]
 
 
 def test_components_key_slice_and_margins() -> None:
@@ -54,10 +72,10 @@ def test_components_key_slice_and_margins() -> None:
     assert big.voxels > small.voxels and small.voxels == 4
     assert big.key_slice == 4
     assert sorted(big.slice_boxes) == [2, 3, 4, 5, 6]
-    assert big.slice_boxes[3].tolist() == [3, 8, 13, 21]  # x 5..11 and y 10..19, grown by 2
-    assert big.slice_boxes[4].tolist() == [2, 6, 15, 23]
+    assert big.slice_boxes[3].tolist() == [[3, 8, 13, 21]]  # x 5..11 and y 10..19, grown by 2
+    assert big.slice_boxes[4].tolist() == [[2, 6, 15, 23]]
     assert big.box == Box3D((2, 6, 1), (15, 23, 7))  # one slice of margin each way, (i, j, k) order
-    assert small.slice_boxes[8].tolist() == [23, 23, 28, 28]
+    assert small.slice_boxes[8].tolist() == [[23, 23, 28, 28]]
     assert small.box.lo[2] == 7 and small.box.hi[2] == 9
     assert derive_prompts(coarse, 3, space) == []
 
@@ -66,22 +84,20 @@ def test_margins_clip_at_the_volume_edge() -> None:
     coarse = np.zeros((3, 8, 8), np.uint8)
     coarse[:, 0:3, 5:8] = 1
     [p] = derive_prompts(coarse, 1, SliceSpace(0), margin=3, margin_slices=2)
-    assert p.slice_boxes[0].tolist() == [2, 0, 7, 5]
+    assert p.slice_boxes[0].tolist() == [[2, 0, 7, 5]]
     assert p.box == Box3D((2, 0, 0), (7, 5, 2))
 
 
 def _oracle(truth: np.ndarray, calls: list | None = None, spill: bool = False):
-    """A perfect model: the truth inside the box (or, with ``spill``, wherever it touches the box)."""
+    """A perfect model: the truth inside the boxes (or, with ``spill``, wherever it touches one)."""
 
-    def predict(z: int, box: np.ndarray, points=None) -> tuple[np.ndarray, np.ndarray]:
+    def predict(z: int, boxes: np.ndarray, points=None) -> np.ndarray:
         if calls is not None:
             calls.append(z)
         out = np.zeros(truth.shape[1:], bool)
-        x0, y0, x1, y1 = np.round(box).astype(int)
-        out[y0:y1 + 1, x0:x1 + 1] = truth[z, y0:y1 + 1, x0:x1 + 1]
-        if spill and out.any():
-            out = truth[z].copy()
-        return out, out.astype(float)
+        for x0, y0, x1, y1 in np.round(boxes).astype(int):
+            out[y0:y1 + 1, x0:x1 + 1] = truth[z, y0:y1 + 1, x0:x1 + 1]
+        return truth[z].copy() if spill and out.any() else out
 
     return predict
 
@@ -90,8 +106,8 @@ def _walk(truth: np.ndarray, key: int, first: int = 0, last: int | None = None, 
           spill: bool = False):
     last = len(truth) - 1 if last is None else last
     calls: list[int] = []
-    masks, why = propagate(_oracle(truth, calls, spill), truth.shape[1:], key, box_of(truth[key]), first, last, limit,
-                           rules=rules)
+    masks, why = propagate(_oracle(truth, calls, spill), truth.shape[1:], key, piece_boxes(truth[key]), first, last,
+                           limit, rules=rules)
     return sorted(masks), why, calls
 
 
@@ -141,5 +157,5 @@ def test_propagation_stops_when_leaving_the_coarse_extent() -> None:
 
 def test_empty_key_slice_gives_nothing() -> None:
     truth = np.zeros((5, 10, 10), bool)
-    masks, why = propagate(_oracle(truth), (10, 10), 2, np.array([1, 1, 5, 5]), 0, 4)
+    masks, why = propagate(_oracle(truth), (10, 10), 2, np.array([[1, 1, 5, 5]]), 0, 4)
     assert masks == {} and "nothing found" in why["key"]

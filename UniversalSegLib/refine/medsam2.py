@@ -122,7 +122,7 @@ class MedSAM2Refiner(Refiner):
         return [self._one(slices, prompts, space) for prompts in objects]
 
     def _one(self, slices: np.ndarray, prompts: Prompts, space: SliceSpace) -> np.ndarray:
-        key, key_box, first, last = walk_plan(prompts, space, slices)
+        key, key_boxes, first, last = walk_plan(prompts, space, slices)
         if prompts.slice_boxes:  # never beyond the coarse mask's extent
             first, last = max(first, min(prompts.slice_boxes)), min(last, max(prompts.slice_boxes))
         frames = self._frames(slices[first:last + 1])
@@ -130,21 +130,24 @@ class MedSAM2Refiner(Refiner):
         out = np.zeros(slices.shape, bool)
         points = slice_points(prompts, space).get(key)
         with torch.inference_mode(), self._video(frames, h, w) as state:
-            box = None if key_box is None else np.asarray(key_box, np.float32)
-            self.model.add_new_points_or_box(state, frame_idx=key - first, obj_id=1, box=box,
-                                             points=None if points is None else points[0],
-                                             labels=None if points is None else points[1])
+            # one SAM2 object per piece of the structure on the key slice; clicks go with the first
+            for number, box in enumerate([None] if key_boxes is None else key_boxes, start=1):
+                clicks = points if number == 1 else None
+                self.model.add_new_points_or_box(state, frame_idx=key - first, obj_id=number,
+                                                 box=None if box is None else np.asarray(box, np.float32),
+                                                 points=None if clicks is None else clicks[0],
+                                                 labels=None if clicks is None else clicks[1])
             for reverse in (False, True):
                 for index, _, masks in self.model.propagate_in_video(state, start_frame_idx=key - first,
                                                                      reverse=reverse):
-                    out[first + index] = masks[0, 0].numpy() > 0
-        limit = space.slice_box(prompts.box) if prompts.box is not None else None
+                    out[first + index] = (masks[:, 0] > 0).any(dim=0).numpy()
+        limit = space.slice_box(prompts.box)[None] if prompts.box is not None else None
         for z in range(first, last + 1):
-            box = prompts.slice_boxes.get(z, limit)
-            if box is not None:
-                x0, y0, x1, y1 = np.round(grow_box(box, BOX_SLACK, (h, w))).astype(int)
+            boxes = prompts.slice_boxes.get(z, limit)
+            if boxes is not None:
                 keep = np.zeros((h, w), bool)
-                keep[y0:y1 + 1, x0:x1 + 1] = True
+                for x0, y0, x1, y1 in np.round(grow_box(np.reshape(boxes, (-1, 4)), BOX_SLACK, (h, w))).astype(int):
+                    keep[y0:y1 + 1, x0:x1 + 1] = True
                 out[z] &= keep
         return out
 

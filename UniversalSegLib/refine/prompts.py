@@ -33,8 +33,27 @@ def box_of(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()])
 
 
+def piece_boxes(mask: np.ndarray, min_pixels: int = 2) -> np.ndarray:
+    """Tight boxes (n, 4) of the 8-connected pieces of a non-empty 2D mask, largest first.
+
+    A structure cut in several pieces by a slice (the two rami of the mandible) gets one box per piece:
+    one box around both would frame what lies between them. Pieces under ``min_pixels`` are left out
+    unless there is no other.
+
+    >>> mask = np.zeros((6, 12), bool); mask[1:4, 1:3] = True; mask[2:5, 8:11] = True
+    >>> piece_boxes(mask).tolist()
+    [[8, 2, 10, 4], [1, 1, 2, 3]]
+    """
+    from scipy import ndimage
+
+    pieces, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(pieces.ravel())[1:]
+    order = [i + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_pixels] or [int(sizes.argmax()) + 1]
+    return np.array([box_of(pieces == i) for i in order])
+
+
 def grow_box(box: np.ndarray, margin: float, shape: tuple[int, int]) -> np.ndarray:
-    """``box`` grown by ``margin`` pixels on every side, kept inside a slice of ``shape`` (h, w)."""
+    """Box(es) (..., 4) grown by ``margin`` pixels on every side, kept inside a slice of ``shape`` (h, w)."""
     h, w = shape
     grown = np.asarray(box, dtype=np.float64) + np.array([-margin, -margin, margin, margin])
     return np.clip(grown, 0, [w - 1, h - 1, w - 1, h - 1])
@@ -86,9 +105,10 @@ class Prompts:
     """What one object is refined from: a 3D box, points, and/or 2D boxes on given slices (slice space).
 
     With ``propagate`` false, exactly the slices of ``slice_boxes`` (from a coarse mask) are refined, each
-    with its own box. Otherwise the object is followed from ``key_slice`` (default: the first positive
-    point's slice, else the box's middle slice) through the box's slice range, each slice prompted by the
-    previous slice's result (see :mod:`~UniversalSegLib.refine.propagate`). ``None`` means: propagate
+    with its own boxes ((n, 4): one per piece of the structure on that slice). Otherwise the object is
+    followed from ``key_slice`` (default: the first positive point's slice, else the box's middle slice)
+    through the box's slice range, each slice prompted by the previous slice's result (see
+    :mod:`~UniversalSegLib.refine.propagate`). ``None`` means: propagate
     unless ``slice_boxes`` are given.
     """
 
@@ -148,9 +168,10 @@ def derive_prompts(coarse: np.ndarray, label: int, space: SliceSpace, margin: fl
                    min_voxels: int = 3) -> list[ObjectPrompts]:
     """Prompts for each connected component (26-connected) of ``coarse == label``, largest first.
 
-    ``coarse`` is in slice space. Each component gets a 2D box per slice it covers (grown by ``margin``
-    pixels), the slice where it is largest as key slice, and a 3D box (in voxel indices of the image)
-    grown by ``margin`` pixels in plane and ``margin_slices`` slices. Components under ``min_voxels``
+    ``coarse`` is in slice space. Each component gets 2D boxes (n, 4) on each slice it covers, one per
+    piece there (:func:`piece_boxes`, grown by ``margin`` pixels), the slice where it is largest as key
+    slice, and a 3D box (in voxel indices of the image) grown by ``margin`` pixels in plane and
+    ``margin_slices`` slices. Components under ``min_voxels``
     are left out (noise of the coarse model).
     """
     from scipy import ndimage
@@ -166,14 +187,14 @@ def derive_prompts(coarse: np.ndarray, label: int, space: SliceSpace, margin: fl
         boxes = {}
         for offset, plane in enumerate(mask):
             if plane.any():
-                box = box_of(plane) + np.array([where[2].start, where[1].start] * 2)
-                boxes[where[0].start + offset] = grow_box(box, margin, shape)
+                found_boxes = piece_boxes(plane) + np.array([where[2].start, where[1].start] * 2)
+                boxes[where[0].start + offset] = grow_box(found_boxes, margin, shape)
         areas = mask.sum(axis=(1, 2))
         key = where[0].start + int(areas.argmax())
         s0 = max(0, where[0].start - margin_slices)
         s1 = min(coarse.shape[0] - 1, where[0].stop - 1 + margin_slices)
-        in_plane = np.array([min(b[0] for b in boxes.values()), min(b[1] for b in boxes.values()),
-                             max(b[2] for b in boxes.values()), max(b[3] for b in boxes.values())]).round()
+        every = np.concatenate(list(boxes.values()))
+        in_plane = np.concatenate([every[:, :2].min(axis=0), every[:, 2:].max(axis=0)]).round()
         found.append(ObjectPrompts(box=space.box_from_slices(s0, s1, in_plane), slice_boxes=boxes, key_slice=key,
                                    label=label, component=number, voxels=voxels))
     return sorted(found, key=lambda p: -p.voxels)

@@ -1,6 +1,7 @@
 """Following one object from its key slice outward, slice by slice, without leaking.
 
-Each next slice is prompted with the box of the previous slice's refined mask (grown by a margin).
+Each next slice is prompted with the boxes of the previous slice's refined mask (one per piece, grown
+by a margin).
 The walk stops, keeping nothing of the slice it stopped on, when the new mask
 
 * vanishes (fewer than ``min_pixels``),
@@ -11,10 +12,12 @@ The walk stops, keeping nothing of the slice it stopped on, when the new mask
 
 >>> import numpy as np
 >>> truth = np.zeros((9, 20, 20), bool); truth[2:7, 5:10, 5:10] = True
->>> def predict(z, box, points=None):  # an oracle that returns the truth inside the box
-...     out = np.zeros((20, 20), bool); x0, y0, x1, y1 = np.round(box).astype(int)
-...     out[y0:y1 + 1, x0:x1 + 1] = truth[z, y0:y1 + 1, x0:x1 + 1]; return out, out.astype(float)
->>> masks, why = propagate(predict, (20, 20), key_slice=4, key_box=np.array([5, 5, 9, 9]), first=0, last=8)
+>>> def predict(z, boxes, points=None):  # an oracle that returns the truth inside the boxes
+...     out = np.zeros((20, 20), bool)
+...     for x0, y0, x1, y1 in np.round(boxes).astype(int):
+...         out[y0:y1 + 1, x0:x1 + 1] = truth[z, y0:y1 + 1, x0:x1 + 1]
+...     return out
+>>> masks, why = propagate(predict, (20, 20), key_slice=4, key_boxes=np.array([[5, 5, 9, 9]]), first=0, last=8)
 >>> sorted(masks), why
 ([2, 3, 4, 5, 6], {'up': 'vanished at slice 7', 'down': 'vanished at slice 1'})
 """
@@ -26,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .prompts import box_of, grow_box
+from .prompts import grow_box, piece_boxes
 
-#: predict(slice index, box (x0, y0, x1, y1) or None, points ((P, 2) xy, (P,) labels) or None) -> (mask, logits)
-Predict = Callable[..., tuple[np.ndarray, np.ndarray]]
+#: predict(slice index, boxes (n, 4) as (x0, y0, x1, y1) or None, clicks on that slice or None) -> 2D bool mask
+Predict = Callable[..., np.ndarray]
 #: Clicks on one slice: ((P, 2) x, y pixel coordinates, (P,) labels, 1 positive and 0 negative).
 SlicePoints = tuple[np.ndarray, np.ndarray]
 
@@ -63,17 +66,17 @@ def _verdict(previous: np.ndarray, mask: np.ndarray, limit: np.ndarray | None, r
     return None
 
 
-def propagate(predict: Predict, shape: tuple[int, int], key_slice: int, key_box: np.ndarray | None, first: int,
+def propagate(predict: Predict, shape: tuple[int, int], key_slice: int, key_boxes: np.ndarray | None, first: int,
               last: int, limit: np.ndarray | None = None, points: dict[int, SlicePoints] | None = None,
               rules: StopRules | None = None) -> tuple[dict[int, np.ndarray], dict[str, str]]:
-    """Refine ``key_slice`` from ``key_box`` (and its points), then walk up and down within ``first..last``.
+    """Refine ``key_slice`` from ``key_boxes`` (n, 4) and its clicks, then walk up and down within ``first..last``.
 
     ``points`` maps a slice to ((P, 2) xy, (P,) labels) clicks added on that slice. Returns the kept
     masks by slice and why each direction stopped. An empty key-slice mask returns no masks.
     """
     rules = rules or StopRules()
     points = points or {}
-    key_mask, _ = predict(key_slice, key_box, points.get(key_slice))
+    key_mask = predict(key_slice, key_boxes, points.get(key_slice))
     if key_mask.sum() < rules.min_pixels:
         return {}, {"key": f"nothing found on key slice {key_slice}"}
     masks = {key_slice: key_mask}
@@ -82,8 +85,7 @@ def propagate(predict: Predict, shape: tuple[int, int], key_slice: int, key_box:
         previous, z = key_mask, key_slice + step
         reasons[name] = "reached the end of the allowed extent"
         while first <= z <= last:
-            box = grow_box(box_of(previous), rules.margin, shape)
-            mask, _ = predict(z, box, points.get(z))
+            mask = predict(z, grow_box(piece_boxes(previous), rules.margin, shape), points.get(z))
             why = _verdict(previous, mask, limit, rules)
             if why:
                 reasons[name] = f"{why} at slice {z}"

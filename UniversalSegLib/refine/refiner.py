@@ -75,7 +75,7 @@ def slice_points(prompts: Prompts, space: SliceSpace) -> dict[int, tuple[np.ndar
 
 
 def walk_plan(prompts: Prompts, space: SliceSpace, slices: np.ndarray) -> tuple[int, np.ndarray | None, int, int]:
-    """Where a propagated object starts and how far it may go: (key slice, key box, first, last)."""
+    """Where a propagated object starts and how far it may go: (key slice, key boxes (n, 4), first, last)."""
     n, h, w = slices.shape
     first, last = (space.slice_range(prompts.box) if prompts.box is not None else (0, n - 1))
     key = prompts.key_slice
@@ -83,14 +83,21 @@ def walk_plan(prompts: Prompts, space: SliceSpace, slices: np.ndarray) -> tuple[
         positive = [space.to_slice(p.index)[0] for p in prompts.points if p.positive]
         key = positive[0] if positive else (first + last) // 2
     if key in prompts.slice_boxes:
-        key_box = prompts.slice_boxes[key]
+        key_box = np.reshape(prompts.slice_boxes[key], (-1, 4))
     elif prompts.box is not None:
-        key_box = space.slice_box(prompts.box)
+        key_box = space.slice_box(prompts.box)[None]
     else:
         key_box = None
     if key_box is None and not prompts.points:
         raise InputError("an object has neither a box nor points", "draw a box (ROI) or click inside the object")
     return key, key_box, first, last
+
+
+def _clicks_in(points: tuple[np.ndarray, np.ndarray], box: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The clicks inside ``box`` as (1, P, 2) and (1, P) arrays, or (None, None)."""
+    xy, labels = points
+    inside = (xy[:, 0] >= box[0]) & (xy[:, 0] <= box[2]) & (xy[:, 1] >= box[1]) & (xy[:, 1] <= box[3])
+    return (xy[inside][None], labels[inside][None]) if inside.any() else (None, None)
 
 
 class LiteMedSAMRefiner(Refiner):
@@ -110,29 +117,35 @@ class LiteMedSAMRefiner(Refiner):
     def refine_slices(self, slices: np.ndarray, objects: Sequence[Prompts], space: SliceSpace) -> list[np.ndarray]:
         return [self._one(slices, prompts, space) for prompts in objects]
 
-    def _predict(self, slices: np.ndarray, z: int, box: np.ndarray | None,
-                 points: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-        pts, labels = (points[0][None], points[1][None]) if points is not None else (None, None)
-        logits, _ = self.predictor.predict(slices[z], None if box is None else [box], pts, labels)
-        mask = logits[0] > 0
-        if box is not None:  # keep the result near its box: a slice never leaks across the image
-            x0, y0, x1, y1 = np.round(grow_box(box, BOX_SLACK, mask.shape)).astype(int)
-            clipped = np.zeros_like(mask)
-            clipped[y0:y1 + 1, x0:x1 + 1] = mask[y0:y1 + 1, x0:x1 + 1]
-            mask = clipped
-        return mask, logits[0]
+    def _predict(self, slices: np.ndarray, z: int, boxes: np.ndarray | None,
+                 points: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """The union of one prediction per box (clicks go with the box that holds them), each kept near its box."""
+        if boxes is None:
+            logits, _ = self.predictor.predict(slices[z], None, points[0][None], points[1][None])
+            return logits[0] > 0
+        boxes = np.reshape(boxes, (-1, 4))
+        if points is None:
+            logits, _ = self.predictor.predict(slices[z], boxes)
+        else:
+            logits = np.stack([self.predictor.predict(slices[z], box[None], *_clicks_in(points, box))[0][0]
+                               for box in boxes])
+        mask = np.zeros(logits.shape[1:], bool)
+        for box, one in zip(np.round(grow_box(boxes, BOX_SLACK, mask.shape)).astype(int), logits, strict=True):
+            x0, y0, x1, y1 = box  # a result stays near its box: a slice never leaks across the image
+            mask[y0:y1 + 1, x0:x1 + 1] |= one[y0:y1 + 1, x0:x1 + 1] > 0
+        return mask
 
     def _one(self, slices: np.ndarray, prompts: Prompts, space: SliceSpace) -> np.ndarray:
         out = np.zeros(slices.shape, bool)
         points = slice_points(prompts, space)
         if not prompts.follows():
-            for z, box in sorted(prompts.slice_boxes.items()):
-                out[z] = self._predict(slices, z, box, points.get(z))[0]
+            for z, boxes in sorted(prompts.slice_boxes.items()):
+                out[z] = self._predict(slices, z, boxes, points.get(z))
             return out
-        key, key_box, first, last = walk_plan(prompts, space, slices)
+        key, key_boxes, first, last = walk_plan(prompts, space, slices)
         limit = space.slice_box(prompts.box) if prompts.box is not None else None
-        masks, _ = propagate(lambda z, box, pts: self._predict(slices, z, box, pts), slices.shape[1:], key, key_box,
-                             first, last, limit, points, self.rules)
+        masks, _ = propagate(lambda z, boxes, pts: self._predict(slices, z, boxes, pts), slices.shape[1:], key,
+                             key_boxes, first, last, limit, points, self.rules)
         for z, mask in masks.items():
             out[z] = mask
         return out
