@@ -21,11 +21,12 @@ from UniversalSegLib.api import DEFAULT_MODEL, segment
 from UniversalSegLib.catalog import Catalog
 from UniversalSegLib.preprocess import to_grid
 
-SAMPLE = REPO / "samples" / "kbp_sample.nii.gz"
-REFERENCE = REPO / "samples" / "kbp_sample_label.nii.gz"
+SAMPLE = REPO / "samples" / "hippo_sample.nii.gz"
+REFERENCE = REPO / "samples" / "hippo_sample_label.nii.gz"
 MANIFEST = DEFAULT_MODEL.with_suffix(".json")
-MEAN_DICE_FLOOR = 0.0  # set from the measured value at export
+MEAN_DICE_FLOOR = 0.2  # measured 0.263 on this held-out sample at export (README), less a margin
 HN = Catalog.load().datasets["ct_headneck_openkbp"].labels  # label value -> task id
+HIPPO = Catalog.load().datasets["mri_hippocampus_msd"].labels
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,14 +47,14 @@ def test_manifest_matches_the_weights():
 
 @pytest.fixture(scope="module")
 def sample_result():
-    return segment(SAMPLE, tasks=list(HN.values()), modality="CT", threads=2)
+    return segment(SAMPLE, tasks=list(HIPPO.values()), modality="MR-T1", threads=2)
 
 
 def test_bundled_model_segments_the_held_out_sample(sample_result):
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(REFERENCE)))
     predicted = sitk.GetArrayFromImage(sample_result.labels)
     scores = {task: dice(predicted == position, reference == value)
-              for position, (value, task) in enumerate(sorted(HN.items()), start=1)}
+              for position, (value, task) in enumerate(sorted(HIPPO.items()), start=1)}
     assert np.mean(list(scores.values())) >= MEAN_DICE_FLOOR, scores
 
 
@@ -62,25 +63,25 @@ def test_oblique_copy_gives_the_same_physical_segmentation(sample_result):
 
     image = sitk.ReadImage(str(SAMPLE))
     # The sample resampled onto a grid rotated by 15 degrees about z (same anatomy, oblique storage).
-    oblique = oblique_copy(image, degrees_z=15, degrees_x=0, size=(128, 128, 80), spacing=(3.9, 3.9, 2.5))
-    result = segment(oblique, tasks=list(HN.values()), modality="CT", threads=2)
+    oblique = oblique_copy(image, degrees_z=15, degrees_x=0, size=(44, 56, 36), spacing=(1.0, 1.0, 1.0))
+    result = segment(oblique, tasks=list(HIPPO.values()), modality="MR-T1", threads=2)
     back = sitk.GetArrayFromImage(to_grid(result.labels, image, sitk.sitkNearestNeighbor, default=0))
     straight = sitk.GetArrayFromImage(sample_result.labels)
     inside = sitk.GetArrayFromImage(to_grid(sitk.Image(oblique.GetSize(), sitk.sitkUInt8) + 1, image,
                                             sitk.sitkNearestNeighbor, default=0)) > 0
-    found = [v for v in range(1, len(HN) + 1) if (straight[inside] == v).sum() > 50]
+    found = [v for v in range(1, len(HIPPO) + 1) if (straight[inside] == v).sum() > 50]
     assert found, "the straight result has no structure inside the oblique field of view"
     for value in found:
-        assert dice(back[inside] == value, straight[inside] == value) > 0.7, value
+        assert dice(back[inside] == value, straight[inside] == value) > 0.6, value
 
 
 def test_readme_demo_command(tmp_path):
-    out = tmp_path / "demo_seg.nii.gz"
+    out = tmp_path / "demo_seg.nii.gz"  # the README's `make demo` job, on the hippocampus sample
     preview = tmp_path / "demo.png"
     run = subprocess.run([sys.executable, "-m", "UniversalSegLib.cli", "segment", str(SAMPLE), "-o", str(out),
-                          "--group", "Head and neck organs at risk", "--modality", "CT", "--preview", str(preview),
+                          "--group", "Hippocampus", "--modality", "MR-T1", "--preview", str(preview),
                           "--quiet", "--threads", "2"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     side = json.loads(out.with_name("demo_seg.json").read_text())
-    assert [side["labels"][str(i)]["id"] for i in range(1, 8)] == [HN[v] for v in sorted(HN)]
-    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and preview.stat().st_size > 20_000
+    assert [side["labels"][str(i)]["id"] for i in range(1, 3)] == [HIPPO[v] for v in sorted(HIPPO)]
+    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and preview.stat().st_size > 10_000

@@ -51,9 +51,8 @@ def simulate_coarse(truth: np.ndarray, present: tuple[int, ...], seed: int) -> n
         mask = truth == label
         if not mask.any():
             continue
-        mask = (ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion)(mask, ball) or mask
-        if not mask.any():
-            mask = truth == label
+        changed = (ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion)(mask, ball)
+        mask = changed if changed.any() else mask
         mask = np.roll(mask, tuple(rng.integers(-1, 2, 2)), axis=(1, 2))
         zs = np.flatnonzero(mask.any(axis=(1, 2)))
         if len(zs) > 2:
@@ -116,9 +115,10 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", default=["finetuned", "original"])
     parser.add_argument("--modes", nargs="+", default=["slices", "propagate"])
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the Dice part (timing uses 2)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     catalog = Catalog.load()
     cache = EmbeddingCache(max_items=512, folder=EMBEDDINGS)
     refiners = {w: LiteMedSAMRefiner(w, cache=cache) for w in args.weights}
