@@ -48,6 +48,13 @@ def reindexed(image: sitk.Image, order: tuple[int, int, int], flips: tuple[bool,
     return out
 
 
+def ones_like(image: sitk.Image) -> sitk.Image:
+    """An image of ones on ``image``'s grid: its field of view."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    return ones
+
+
 def on_grid(image: sitk.Image, reference: sitk.Image, nearest: bool = False) -> np.ndarray:
     interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     return sitk.GetArrayFromImage(to_grid(image, reference, interp, default=0.0))
@@ -106,7 +113,7 @@ def test_oblique_storage_gives_the_same_network_input_and_a_result_on_its_own_gr
     ours_img = sitk.GetImageFromArray(ours)
     ours_img.CopyInformation(canonical_grid(oblique, spacing))
     ref_grid = canonical_grid(image, spacing)
-    support = on_grid(sitk.Image(oblique.GetSize(), sitk.sitkUInt8) + 1, ref_grid, nearest=True) > 0
+    support = on_grid(ones_like(oblique), ref_grid, nearest=True) > 0
     support &= on_grid(image, ref_grid) > -900
     a, b = on_grid(ours_img, ref_grid)[support], theirs[support]
     assert np.corrcoef(a, b)[0, 1] > 0.97
