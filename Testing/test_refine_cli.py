@@ -52,17 +52,17 @@ def test_refine_mask_keeps_label_values_and_grid(slab, tmp_path) -> None:
 
 def test_refine_box_follows_the_object(slab, tmp_path) -> None:
     image, coarse = slab
-    k, j, i = np.nonzero(sitk.GetArrayFromImage(sitk.ReadImage(str(coarse))) == 9)
+    whole = sitk.GetArrayFromImage(sitk.ReadImage(str(coarse))) > 0  # a box around the whole hippocampus
+    k, j, i = np.nonzero(whole)
     box = f"{i.min()},{j.min()},{k.min()},{i.max()},{j.max()},{k.max()}"
     out = tmp_path / "boxed.nrrd"
-    assert main(["refine", str(image), "--box", box, "-o", str(out), "--modality", "MR-T1",
-                 "--task", "hippocampus_posterior"]) == 0
+    assert main(["refine", str(image), "--box", box, "-o", str(out), "--modality", "MR-T1"]) == 0
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert set(np.unique(got)) == {0, 1}
     inside = np.zeros_like(got, bool)
     inside[k.min():k.max() + 1, max(0, j.min() - 2):j.max() + 3, max(0, i.min() - 2):i.max() + 3] = True
     assert not (got.astype(bool) & ~inside).any()
-    assert _dice(got == 1, sitk.GetArrayFromImage(sitk.ReadImage(str(coarse))) == 9) > 0.6
+    assert _dice(got == 1, whole) > 0.78  # measured 0.825
 
 
 def _write_variant(path: Path, like: Path, array: np.ndarray, spacing: tuple | None = None) -> Path:

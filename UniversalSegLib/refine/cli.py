@@ -12,6 +12,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from ..inference import SegmentationResult
+    from .refiner import Refiner
 
 
 def _backend_options(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +61,7 @@ def add_segment_refine_options(seg: argparse.ArgumentParser) -> None:
     _backend_options(group)
 
 
-def make_refiner(args: argparse.Namespace):
+def make_refiner(args: argparse.Namespace) -> Refiner:
     """The backend the options ask for."""
     if args.backend == "medsam2":
         from ..errors import InputError
@@ -83,7 +90,7 @@ def _sidecar_tasks(mask_path: str) -> dict[int, str] | None:
         return None
 
 
-def _read_mask(path: str):
+def _read_mask(path: str) -> sitk.Image:
     """Read a label map without the image checks (an empty mask gets its own message from the pipeline)."""
     from pathlib import Path
 
@@ -140,7 +147,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
-def refine_result(image, result, args: argparse.Namespace):
+def refine_result(image: sitk.Image, result: SegmentationResult, args: argparse.Namespace) -> SegmentationResult:
     """``segment --refine``: refine the chosen tasks of a :class:`~UniversalSegLib.inference.SegmentationResult`.
 
     Tasks listed with ``--refine-task`` are refined, else those the catalog marks ``"refine": true``.
@@ -148,7 +155,11 @@ def refine_result(image, result, args: argparse.Namespace):
     """
     import dataclasses
 
+    import numpy as np
+    import SimpleITK as sitk
+
     from ..catalog import Catalog
+    from ..errors import CatalogError
     from .pipeline import refine_labelmap, refined_by_default
 
     catalog = Catalog.load()
@@ -157,15 +168,10 @@ def refine_result(image, result, args: argparse.Namespace):
         values = [v for v, t in enumerate(result.tasks, start=1) if t.id in wanted]
         missing = wanted - {t.id for t in result.tasks}
         if missing:
-            from ..errors import CatalogError
-
             raise CatalogError(f"--refine-task names task(s) that were not segmented: {', '.join(sorted(missing))}",
                                "segment them too (--task), or refine only segmented tasks")
     else:
         values = [v for v, t in enumerate(result.tasks, start=1) if refined_by_default(t.id)]
-    import numpy as np
-    import SimpleITK as sitk
-
     present = set(np.unique(sitk.GetArrayViewFromImage(result.labels)).tolist())
     values = [v for v in values if v in present]
     if not values:
