@@ -53,3 +53,14 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def coarse_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Like ``tiny_checkpoint`` but at 8 mm, so a whole CT fits in one window (fast CLI tests)."""
     return build_checkpoint(tmp_path_factory.mktemp("models") / "coarse.pt", inference=COARSE)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors run fastest on one thread (and do not fight other jobs for the 2 cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

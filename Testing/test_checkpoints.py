@@ -19,13 +19,7 @@ TASKS = ["liver", "spleen", "kidney_left", "kidney_right"]
 MODALITIES = ["CT", "PET", "MR-T1", "MR-T2", "cine-MR", "MR"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run fastest on one thread (and do not fight other jobs for the 2 cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NotATensor:

@@ -12,13 +12,7 @@ TINY = HermesConfig(num_tasks=5, num_modalities=3, widths=(8, 8, 32, 32, 32), bl
                     fusion_blocks=(1, 1, 2, 1, 1), modality_tokens=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run fastest on one thread (and do not fight other jobs for the 2 cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
