@@ -108,10 +108,11 @@ def test_missing_weights_package_is_named(monkeypatch) -> None:
 
 def test_onnx_encoder_matches_torch(original: LiteMedSAM) -> None:
     pytest.importorskip("onnxruntime")
-    from UniversalSegLib.refine.litemedsam import _sha256, wheel_checkpoint
+    from UniversalSegLib.refine.litemedsam import wheel_checkpoint
     from UniversalSegLib.refine.onnx_encoder import OnnxEncoder
+    from UniversalSegLib.volume import file_sha256
 
-    onnx = OnnxEncoder.create(original.image_encoder, _sha256(wheel_checkpoint()))
+    onnx = OnnxEncoder.create(original.image_encoder, file_sha256(wheel_checkpoint()))
     x = torch.rand(1, 3, 256, 256)
     with torch.inference_mode():
         assert torch.allclose(onnx(x), original.image_encoder(x), atol=1e-4)

@@ -13,6 +13,7 @@ every output appear whole or not at all.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -123,6 +124,15 @@ def check_volume(image: sitk.Image, name: str = "input image") -> None:
             f"'{name}' is empty or constant (every voxel is {value})",
             "check that the right image was exported; there is nothing to segment",
         )
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (weights, dataset files, manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:

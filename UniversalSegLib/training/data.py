@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from UniversalSegLib.errors import InputError
+from UniversalSegLib.volume import file_sha256
 
 log = logging.getLogger("UniversalSeg.training")
 
@@ -73,14 +74,6 @@ class DatasetInfo:
     spacing_unknown: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (case id, problem)
     layout: str = "shared"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_dataset(folder: str | Path) -> DatasetInfo:
@@ -252,8 +245,8 @@ class CachedCase:
 
 def cache_key(case: Case, spacing: Sequence[float] | None, kind: str) -> str:
     """Hash of the input files' SHA-256, the target spacing, the modality kind and :data:`CACHE_VERSION`."""
-    image_sha = case.image_sha256 or _sha256(case.image)
-    label_sha = case.label_sha256 or _sha256(case.label)
+    image_sha = case.image_sha256 or file_sha256(case.image)
+    label_sha = case.label_sha256 or file_sha256(case.label)
     spacing_key = None if spacing is None else [round(float(s), 4) for s in spacing]
     text = json.dumps([image_sha, label_sha, spacing_key, kind, CACHE_VERSION])
     return hashlib.sha256(text.encode()).hexdigest()[:20]

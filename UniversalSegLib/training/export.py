@@ -13,13 +13,12 @@ Dice per label.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from pathlib import Path
 
 from .. import __version__
 from ..errors import CheckpointError
-from ..volume import atomic_write
+from ..volume import atomic_write, file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 NON_COMMERCIAL_HINTS = ("non-commercial", "noncommercial", "research use", "research, non-commercial", "nc-")
@@ -71,7 +70,7 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
     output = Path(output)
     with atomic_write(output) as tmp:
         torch.save(payload, tmp)
-    digest = hashlib.sha256(output.read_bytes()).hexdigest()
+    digest = file_sha256(output)
     licences = metadata.get("licenses", {})
     manifest = {
         "name": output.stem,
