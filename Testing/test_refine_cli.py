@@ -130,3 +130,29 @@ def test_segment_refine_refines_only_the_chosen_task(slab, tmp_path, monkeypatch
     assert json.loads(out.with_name("seg.json").read_text())["labels"]["1"]["id"] == "hippocampus_anterior"
     assert main(["segment", str(image), "-o", str(out), "--modality", "MR-T1", "--quiet",
                  "--refine-task", "mandible"]) == 2
+
+
+def test_evaluate_refine_scores_the_refined_masks(slab, tmp_path, capsys) -> None:
+    """``evaluate --refine-task``: the bundled model's masks, refined for one task, scored against the reference."""
+    image, coarse = slab
+    folder = tmp_path / "dataset"
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    (folder / "images" / "case.nii.gz").write_bytes(image.read_bytes())
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(coarse)))
+    label = sitk.GetImageFromArray(np.select([values == 5, values == 9], [1, 2], 0).astype(np.uint8))
+    label.CopyInformation(sitk.ReadImage(str(coarse)))
+    sitk.WriteImage(label, str(folder / "labels" / "case.nii.gz"))
+    (folder / "dataset.json").write_text(json.dumps({
+        "modality": "MRI T1", "labels": {"1": "Anterior hippocampus", "2": "Posterior hippocampus"},
+        "cases": [{"id": "case", "image": "images/case.nii.gz", "label": "labels/case.nii.gz",
+                   "present_labels": [1, 2]}]}))
+    plain, refined = tmp_path / "plain.json", tmp_path / "refined.json"
+    assert main(["evaluate", str(folder), "--json", str(plain)]) == 0
+    assert main(["evaluate", str(folder), "--json", str(refined), "--refine-task", "Anterior hippocampus"]) == 0
+    assert "refined Anterior hippocampus" in capsys.readouterr().err
+    before, after = (json.loads(p.read_text()) for p in (plain, refined))
+    assert "refinement" not in before and after["refinement"]["tasks"] == ["Anterior hippocampus"]
+    assert after["labels"]["Posterior hippocampus"] == before["labels"]["Posterior hippocampus"]  # not refined
+    assert after["labels"]["Anterior hippocampus"]["dice"] != before["labels"]["Anterior hippocampus"]["dice"]
+    assert after["labels"]["Anterior hippocampus"]["n"] == 1

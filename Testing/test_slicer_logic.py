@@ -624,15 +624,6 @@ def test_task_groups_follow_the_modality():
         ("Retinal vessels", ["retinal_vessels"])]
 
 
-def test_refine_hook():
-    logic = SlicerSegmentationLogic(slicer.vtkMRMLScene())
-    assert not logic.refine_available()
-    with pytest.raises(UniversalSegError, match="not available"):
-        logic.refine()
-    logic.refiner = lambda *args: ("refined", args)
-    assert logic.refine_available() and logic.refine(1) == ("refined", (1,))
-
-
 @pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason=f"bundled model not installed yet ({DEFAULT_MODEL})")
 def test_bundled_model_dice_on_sample(scene):
     """What the Slicer self-test checks: the bundled model on the bundled sample against its reference."""

@@ -103,6 +103,7 @@ class Task:
     aliases: tuple[str, ...]
     notes: str = ""
     group_name: str = field(default="", compare=False, repr=False)  # display name of ``group``, set by load
+    refine: bool = False  # refined by default: refinement measured to help this task (benchmarks/refine_eval.py)
 
     def applies_to(self, modality_id: str) -> bool:
         """Whether the task is defined for this modality id (exact: ``"MR"`` does not cover ``"MR-T2"``)."""
@@ -134,14 +135,14 @@ class Task:
         return (r / 255.0, g / 255.0, b / 255.0)
 
     def to_dict(self) -> dict:
-        """JSON-able: id, name, group (display name), group_id, modalities, color, terminology, aliases."""
+        """JSON-able: id, name, group (display name), group_id, modalities, color, terminology, aliases, refine."""
         codes = {"category": self.category, "type": self.type, "modifier": self.modifier,
                  "region": self.region, "region_modifier": self.region_modifier}
         return {
             "id": self.id, "name": self.name, "group": self.group_name or self.group, "group_id": self.group,
             "modalities": list(self.modalities), "color": list(self.color),
             "terminology": {k: (v.to_dict() if v else None) for k, v in codes.items()},
-            "aliases": list(self.aliases),
+            "aliases": list(self.aliases), "refine": self.refine,
         }
 
 
@@ -406,7 +407,7 @@ def _build(raw: dict, problems: list[str]) -> Catalog:
             region=_code(term.get("region"), f"{where} region", problems),
             region_modifier=_code(term.get("region_modifier"), f"{where} region_modifier", problems),
             aliases=tuple(t.get("aliases", ())), notes=t.get("notes", ""),
-            group_name=groups.get(t["group"], (t["group"], ""))[0],
+            group_name=groups.get(t["group"], (t["group"], ""))[0], refine=bool(t.get("refine", False)),
         )
         for key in (task.id, task.name, *task.aliases):
             _unique("task", task_keys, key, task.id, problems)

@@ -6,7 +6,7 @@
                          [--probabilities DIR] [--window X Y Z] [--overlap F] [--batch N] [--blend gaussian|constant]
                          [--threshold F] [--preview PNG] [--quiet] [--refine] [--refine-task T ...]
     universalseg refine IMAGE (--mask COARSE | --box i0,j0,k0,i1,j1,k1) -o OUT [--modality M]  (see refine/cli.py)
-    universalseg evaluate DATASET_DIR [--model PATH] [--json OUT] [--limit N] [--split all|train|val]
+    universalseg evaluate DATASET_DIR [--model PATH] [--json OUT] [--limit N] [--split all|train|val] [--refine ...]
     universalseg train CONFIG.yaml [--resume|--no-resume] [--iterations N] [--stop-after N] [--quiet]
     universalseg export CHECKPOINT -o OUT.pt [--version V] [--evaluation REPORT.json ...]
 
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import UniversalSegError
-from .refine.cli import add_refine_parser, add_segment_refine_options, cmd_refine, refine_result
+from .refine.cli import add_refine_parser, add_segment_refine_options, cmd_refine, refine_result, refining_segment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="all", choices=["all", "train", "val"], help="cases of this split only")
     ev.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ev.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_segment_refine_options(ev)
     add_refine_parser(sub)
 
     tr = sub.add_parser("train", help="train a model from a YAML config (see configs/default.yaml)", add_help=False)
@@ -137,8 +138,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    refining = args.refine or args.refine_task
+    segment_fn = refining_segment(args, log=lambda text: print(text, file=sys.stderr)) if refining else None
     report = evaluate_dataset(args.dataset, model=args.model, limit=args.limit, split=args.split, device=args.device,
+                              segment_fn=segment_fn,
                               progress=lambda i, n, case: print(f"[{i + 1}/{n}] {case}", file=sys.stderr))
+    if refining:
+        report["refinement"] = {"backend": args.backend, "weights": args.weights, "mode": args.mode,
+                                "tasks": args.refine_task or "the catalog's refine flags"}
     print(markdown_table(report))
     for failure in report["failed"]:
         print(f"failed: {failure['case']}: {failure['error']}")

@@ -15,6 +15,8 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import SimpleITK as sitk
 
     from ..inference import SegmentationResult
@@ -59,6 +61,22 @@ def add_segment_refine_options(seg: argparse.ArgumentParser) -> None:
                      help="refine this task (id or name); repeat for several; implies --refine")
     group = seg.add_argument_group("refinement")
     _backend_options(group)
+
+
+def refining_segment(args: argparse.Namespace, log: Callable[[str], None]) -> Callable[..., SegmentationResult]:
+    """``evaluate --refine``: the ``segment`` API followed by :func:`refine_result`, one refiner for all cases."""
+    from ..api import segment
+    from ..volume import read_image
+
+    refiners: list[Refiner] = []
+
+    def segment_and_refine(image_path, **kwargs) -> SegmentationResult:
+        result = segment(image_path, **kwargs)
+        if not refiners:
+            refiners.append(make_refiner(args))
+        return refine_result(read_image(image_path)[0], result, args, refiners[0], log)
+
+    return segment_and_refine
 
 
 def make_refiner(args: argparse.Namespace) -> Refiner:
@@ -147,11 +165,13 @@ def cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
-def refine_result(image: sitk.Image, result: SegmentationResult, args: argparse.Namespace) -> SegmentationResult:
+def refine_result(image: sitk.Image, result: SegmentationResult, args: argparse.Namespace,
+                  refiner: Refiner | None = None, log: Callable[[str], None] = print) -> SegmentationResult:
     """``segment --refine``: refine the chosen tasks of a :class:`~UniversalSegLib.inference.SegmentationResult`.
 
     Tasks listed with ``--refine-task`` are refined, else those the catalog marks ``"refine": true``.
-    Returns the result with its label map replaced (tasks and values unchanged).
+    Returns the result with its label map replaced (tasks and values unchanged). ``refiner`` defaults to
+    the one the options ask for (:func:`make_refiner`); pass one to reuse it over many images.
     """
     import dataclasses
 
@@ -160,7 +180,7 @@ def refine_result(image: sitk.Image, result: SegmentationResult, args: argparse.
 
     from ..catalog import Catalog
     from ..errors import CatalogError
-    from .pipeline import refine_labelmap, refined_by_default
+    from .pipeline import refine_labelmap
 
     catalog = Catalog.load()
     if args.refine_task:
@@ -171,14 +191,14 @@ def refine_result(image: sitk.Image, result: SegmentationResult, args: argparse.
             raise CatalogError(f"--refine-task names task(s) that were not segmented: {', '.join(sorted(missing))}",
                                "segment them too (--task), or refine only segmented tasks")
     else:
-        values = [v for v, t in enumerate(result.tasks, start=1) if refined_by_default(t.id)]
+        values = [v for v, t in enumerate(result.tasks, start=1) if t.refine]
     present = set(np.unique(sitk.GetArrayViewFromImage(result.labels)).tolist())
     values = [v for v in values if v in present]
     if not values:
-        print("refinement: no segmented structure to refine (none found, or none marked for refinement)")
+        log("refinement: no segmented structure to refine (none found, or none marked for refinement)")
         return result
-    refined = refine_labelmap(image, result.labels, result.tasks, refiner=make_refiner(args), kind=result.modality.kind,
-                              only=values, mode=args.mode)
+    refined = refine_labelmap(image, result.labels, result.tasks, refiner=refiner or make_refiner(args),
+                              kind=result.modality.kind, only=values, mode=args.mode)
     for value, note in sorted(refined.notes.items()):
-        print(f"  refined {result.tasks[value - 1].name}: {note}")
+        log(f"  refined {result.tasks[value - 1].name}: {note}")
     return dataclasses.replace(result, labels=refined.labels)

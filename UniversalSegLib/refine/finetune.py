@@ -301,6 +301,13 @@ def _write_manifest(weights: Path, update: dict) -> None:
     path.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
+def _dataset_count(text: str) -> tuple[str, int]:
+    dataset, _, count = text.partition("=")
+    if dataset not in DATASETS or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"expected DATASET=N with DATASET one of {', '.join(DATASETS)}, got {text!r}")
+    return dataset, int(count)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m UniversalSegLib.refine.finetune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     embed.add_argument("--split", choices=["train", "val"], required=True)
     embed.add_argument("--per-case", type=int, default=2, help="training slices per case")
     embed.add_argument("--encoder", default="auto", choices=["auto", "onnx", "torch"])
-    embed.set_defaults(val_cases={"mri_hippocampus_msd": 4, "ct_headneck_openkbp": 1})
+    embed.add_argument("--val-cases", type=_dataset_count, action="append", default=[], metavar="DATASET=N",
+                       help="validation cases to embed per dataset (default: 6 hippocampus, 3 head and neck)")
     train = sub.add_parser("train")
     train.add_argument("--iterations", type=int, default=125)
     train.add_argument("--batch", type=int, default=8)
@@ -320,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_step = sub.add_parser("evaluate")
     evaluate_step.add_argument("--weights", type=Path, default=FINETUNED, help="fine-tuned weights to measure")
     args = parser.parse_args(argv)
+    if args.step == "embed":
+        args.val_cases = {"mri_hippocampus_msd": 6, "ct_headneck_openkbp": 3} | dict(args.val_cases)
     torch.set_num_threads(args.threads)
     {"embed": cmd_embed, "train": cmd_train, "evaluate": cmd_evaluate}[args.step](args)
 

@@ -140,6 +140,7 @@ class MedSAM2Refiner(Refiner):
             for reverse in (False, True):
                 for index, _, masks in self.model.propagate_in_video(state, start_frame_idx=key - first,
                                                                      reverse=reverse):
+                    self._next_slice()
                     out[first + index] = (masks[:, 0] > 0).any(dim=0).numpy()
         limit = space.slice_box(prompts.box)[None] if prompts.box is not None else None
         for z in range(first, last + 1):

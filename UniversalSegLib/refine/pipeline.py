@@ -15,23 +15,19 @@ millimetres), so Slicer can show them as editable ROI markups.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..catalog import BUNDLED, Task
+from ..catalog import Task
 from ..errors import InputError
 from ..volume import same_grid
-from .prompts import Box3D, Prompts, SliceSpace, derive_prompts
+from .prompts import MODES, Box3D, Point, Prompts, SliceSpace, derive_prompts
 from .refiner import Refiner
 from .slices import slice_axis
 
-MODES = ("slices", "propagate")
 #: The task of each label value: a list (value i + 1 = tasks[i]) or a mapping {value: task or task id}.
 TaskList = Sequence[Task | str] | Mapping[int, Task | str | None] | None
 
@@ -43,21 +39,6 @@ class RefinementResult:
     labels: sitk.Image
     boxes: dict[int, list[Box3D]] = field(default_factory=dict)
     notes: dict[int, str] = field(default_factory=dict)
-
-
-@lru_cache(maxsize=4)
-def _refine_flags(path: str) -> dict[str, bool]:
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {t["id"]: bool(t.get("refine", False)) for t in raw["tasks"]}
-
-
-def refined_by_default(task_id: str, catalog_path: str | Path = BUNDLED) -> bool:
-    """Whether the catalog marks a task ``"refine": true`` (refinement measured to help it).
-
-    >>> refined_by_default("hippocampus_anterior") in (True, False)
-    True
-    """
-    return _refine_flags(str(catalog_path)).get(task_id, False)
 
 
 def _task_ids(tasks: TaskList, values: Sequence[int]) -> dict[int, str | None]:
@@ -90,13 +71,14 @@ def check_coarse(image: sitk.Image, coarse: sitk.Image,
 
 def refine_labelmap(image: sitk.Image, coarse: sitk.Image, tasks: TaskList = None, *, refiner: Refiner | None = None,
                     kind: str = "MR", only: Sequence[int] | None = None, mode: str = "slices",
-                    margin: float = 1.0) -> RefinementResult:
+                    margin: float = 1.0, points: Sequence[Point] = ()) -> RefinementResult:
     """Refine every label of ``coarse`` (or the values in ``only``) on ``image``; neither input is modified.
 
     ``tasks``: the task of each label value, as a list (value i + 1 = tasks[i], like a segmentation
     result) or a mapping; it picks the CT window. ``mode``: ``"slices"`` prompts every slice with the
     box of the coarse mask there; ``"propagate"`` starts on each component's largest slice and follows
     the refined mask outward within the coarse extent. ``refiner`` defaults to fine-tuned LiteMedSAM.
+    ``points`` (clicks in voxel indices) go to every object whose 3D box holds them.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -116,6 +98,7 @@ def refine_labelmap(image: sitk.Image, coarse: sitk.Image, tasks: TaskList = Non
         objects = derive_prompts(in_slices, value, space, margin=margin)
         for prompts in objects:
             prompts.propagate = mode == "propagate"
+            prompts.points = tuple(p for p in points if prompts.box.holds(p.index))
         result.boxes[value] = [p.box for p in objects]
         masks = refiner.refine(image, objects, kind=kind, task=task_of.get(value), axis=axis) if objects else []
         kept = 0

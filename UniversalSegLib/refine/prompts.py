@@ -22,6 +22,9 @@ import numpy as np
 
 from ..errors import InputError
 
+#: How an object's slices are prompted: each from the coarse mask there, or followed from its key slice.
+MODES = ("slices", "propagate")
+
 
 def box_of(mask: np.ndarray) -> np.ndarray:
     """The tight box (x0, y0, x1, y1), corners inclusive, of a non-empty 2D mask.
@@ -84,6 +87,14 @@ class Box3D:
             last = tuple(s - 1 for s in size)
             raise InputError(f"box {self.lo}-{self.hi} reaches outside the image (voxel indices (0, 0, 0)-{last})",
                              "give voxel indices inside the image")
+
+    def holds(self, index: tuple[int, int, int]) -> bool:
+        """Whether a voxel index lies inside the box.
+
+        >>> Box3D((0, 0, 0), (4, 4, 2)).holds((4, 0, 3))
+        False
+        """
+        return all(lo <= v <= hi for lo, v, hi in zip(self.lo, index, self.hi, strict=True))
 
     def physical_corners(self, image) -> np.ndarray:
         """The 8 corners in physical (LPS) millimetres, (8, 3), for showing the box as a Slicer ROI."""

@@ -14,7 +14,7 @@ True
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +31,17 @@ BOX_SLACK = 2.0
 
 
 class Refiner(ABC):
-    """Prompts in, masks out; subclasses implement :meth:`refine_slices` on slice-space arrays."""
+    """Prompts in, masks out; subclasses implement :meth:`refine_slices` on slice-space arrays.
+
+    ``on_slice``, when set, is called before each slice is refined (progress; raising there cancels).
+    """
 
     name = "refiner"
+    on_slice: Callable[[], None] | None = None
+
+    def _next_slice(self) -> None:
+        if self.on_slice is not None:
+            self.on_slice()
 
     def refine(self, image: sitk.Image | np.ndarray, objects: Sequence[Prompts], kind: str = "MR",
                task: str | None = None, axis: int | None = None) -> list[np.ndarray]:
@@ -120,6 +128,7 @@ class LiteMedSAMRefiner(Refiner):
     def _predict(self, slices: np.ndarray, z: int, boxes: np.ndarray | None,
                  points: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
         """The union of one prediction per box (clicks go with the box that holds them), each kept near its box."""
+        self._next_slice()
         if boxes is None:
             logits, _ = self.predictor.predict(slices[z], None, points[0][None], points[1][None])
             return logits[0] > 0

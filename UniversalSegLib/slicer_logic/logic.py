@@ -1,4 +1,4 @@
-"""The logic the widget drives: validate, start, apply, undo (and the Refine hook).
+"""The logic the widget drives: validate, start, apply, undo; the same for refinement.
 
     >>> logic = SlicerSegmentationLogic(slicer.mrmlScene)  # doctest: +SKIP
     >>> job = logic.start(SegmentationRequest(volume, tasks=["mandible"], modality="CT"))  # doctest: +SKIP
@@ -7,6 +7,9 @@
     '1 structure segmented in 4.1 s (CT, CPU).'
     >>> logic.undo()                      # doctest: +SKIP
     "UniversalSeg on 'ct'"
+    >>> job = logic.start_refinement(RefinementRequest(volume, node, ["mandible"]))  # doctest: +SKIP
+    >>> logic.apply(job).message          # doctest: +SKIP
+    'Refined 1 segment in 38.0 s (LiteMedSAM). ...'
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import slicer
 
@@ -22,8 +26,20 @@ from ..errors import InputError, UniversalSegError
 from .dependencies import DEPENDENCIES, Dependency
 from .jobs import SegmentationJob, SegmentFunction
 from .nodes import ensure_converter_rules
+from .refinement import (
+    AppliedRefinement,
+    PreparedRefinement,
+    RefinementJob,
+    RefinementRequest,
+    apply_refinement,
+    default_refiner,
+    validate_refinement,
+)
 from .request import PreparedRun, SegmentationRequest, validate_request
 from .segments import UndoEntry, new_segmentation_node, revert, write_segments
+
+if TYPE_CHECKING:
+    from ..refine.refiner import Refiner
 
 
 @dataclass
@@ -43,17 +59,21 @@ class SlicerSegmentationLogic:
     """Validates requests, runs the engine in the background and writes results into the MRML scene.
 
     ``segment`` is the engine call (``UniversalSegLib.api.segment``); tests may wrap it (to inject a failure),
-    the module passes nothing. ``refiner`` is the hook for the Refine button (``None``: not available).
+    the module passes nothing. ``make_refiner`` builds the Refine backend (default
+    :func:`~.refinement.default_refiner`); a built refiner is kept for the next run, so slices refined
+    again (after moving a box) reuse their image embeddings.
     """
 
-    def __init__(self, scene=None, catalog: Catalog | None = None, segment: SegmentFunction | None = None) -> None:
+    def __init__(self, scene=None, catalog: Catalog | None = None, segment: SegmentFunction | None = None,
+                 make_refiner: Callable[[PreparedRefinement], Refiner] | None = None) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
         self.catalog = catalog or Catalog.load()
         if segment is None:
             from ..api import segment
         self._segment = segment
+        self._make_refiner = make_refiner or default_refiner
+        self._refiners: dict[tuple, Refiner] = {}
         self._undo: list[UndoEntry] = []
-        self.refiner: Callable[..., object] | None = None
         self.dependencies: Sequence[Dependency] = DEPENDENCIES
         ensure_converter_rules()
 
@@ -73,7 +93,7 @@ class SlicerSegmentationLogic:
         job.wait()
         return self.apply(job)
 
-    def apply(self, job: SegmentationJob) -> AppliedSegmentation:
+    def apply(self, job: SegmentationJob | RefinementJob) -> AppliedSegmentation | AppliedRefinement:
         """Write a finished job's result into the scene (main thread only) and push an undo entry."""
         status = job.poll()
         if status.state == "running":
@@ -84,6 +104,8 @@ class SlicerSegmentationLogic:
             raise UniversalSegError("this result was already added to the scene", "press Segment to run again")
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("SlicerSegmentationLogic.apply must be called from the main (GUI) thread")
+        if isinstance(job, RefinementJob):
+            return self._apply_refinement(job)
         run, result = job.run, job.result
         volume = self.scene.GetNodeByID(run.volume_id)
         if volume is None:
@@ -126,13 +148,33 @@ class SlicerSegmentationLogic:
         revert(self.scene, entry)
         return entry.description
 
-    def refine_available(self) -> bool:
-        """Whether the Refine step is wired (see ``refiner``)."""
-        return self.refiner is not None
+    # ---------------------------------------------------------------------------------------- refinement
+    def start_refinement(self, request: RefinementRequest) -> RefinementJob:
+        """Validate ``request`` (raising on bad input, scene untouched) and refine in a thread."""
+        prepared = validate_refinement(request, self.scene, self.catalog, self.dependencies)
+        return RefinementJob(prepared, self._refiner_for).start()
 
-    def refine(self, *args, **kwargs):
-        """Hook for the Refine button: calls ``refiner`` when one is installed."""
-        if self.refiner is None:
-            raise UniversalSegError("refinement is not available in this version",
-                                    "use the coarse segmentation, or edit it in the Segment Editor")
-        return self.refiner(*args, **kwargs)
+    def refine(self, request: RefinementRequest) -> AppliedRefinement:
+        """Blocking: start, wait, apply (scripts, tests)."""
+        job = self.start_refinement(request)
+        job.wait()
+        return self.apply(job)
+
+    def _refiner_for(self, prepared: PreparedRefinement) -> Refiner:
+        key = (prepared.backend, str(prepared.medsam2_checkpoint))
+        if key not in self._refiners:
+            self._refiners = {key: self._make_refiner(prepared)}  # one model in memory at a time
+        return self._refiners[key]
+
+    def _apply_refinement(self, job: RefinementJob) -> AppliedRefinement:
+        names = ", ".join(p.name for p in job.prepared.plans)
+        entry = UndoEntry(segmentation_id=job.prepared.segmentation_id, created_node=False, added=[], saved=[],
+                          description=f"Refine {names}")
+        try:
+            applied = apply_refinement(self.scene, job, entry)
+        except BaseException:
+            revert(self.scene, entry)
+            raise
+        job.applied = True
+        self._undo.append(entry)
+        return applied

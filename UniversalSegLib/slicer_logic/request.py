@@ -93,25 +93,8 @@ def validate_request(request: SegmentationRequest, catalog: Catalog,
                      dependencies: Sequence[Dependency]) -> PreparedRun:
     """Check a request and copy its input out of the scene; raise :class:`UniversalSegError` if it is bad."""
     volume = request.volume
-    if volume is None:
-        raise InputError("no input volume is selected",
-                         "choose a volume in 'Input volume' (load one with File > Add Data or Sample Data)")
+    check_volume_node(volume)
     name = volume.GetName()
-    if volume.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise InputError(f"'{name}' is a label map (a segmentation), not an image",
-                         "choose the grey-level image it was drawn on")
-    if not volume.IsA("vtkMRMLVolumeNode") or volume.GetImageData() is None:
-        raise InputError(f"'{name}' is not an image volume with voxels",
-                         "choose a CT, MR, PET or ultrasound volume")
-    components = volume.GetImageData().GetNumberOfScalarComponents()
-    if components != 1 or not volume.IsA("vtkMRMLScalarVolumeNode"):
-        raise InputError(f"'{name}' has {components} values per voxel (a 4D, vector or colour volume)",
-                         "give one 3D grey-level volume: pick one time point of a sequence (Sequences module) "
-                         "or extract one component first (Vector to Scalar Volume module)")
-    dims = volume.GetImageData().GetDimensions()
-    if min(dims) < 2:
-        raise InputError(f"'{name}' is 2D (size {' x '.join(map(str, dims))}); a 3D volume is needed",
-                         "load the whole series (all slices) as one volume")
     if not request.tasks:
         raise InputError("no structure is chosen", "tick at least one structure or group under 'Structures'")
     if request.modality:
@@ -145,6 +128,29 @@ def validate_request(request: SegmentationRequest, catalog: Catalog,
         segmentation_id=output.GetID() if output is not None else None,
         replace_existing=request.replace_existing, options=request.options or InferenceOptions(),
         warnings=warnings)
+
+
+def check_volume_node(volume) -> None:
+    """Raise :class:`InputError` unless ``volume`` is a 3D grey-level volume node with voxels."""
+    if volume is None:
+        raise InputError("no input volume is selected",
+                         "choose a volume in 'Input volume' (load one with File > Add Data or Sample Data)")
+    name = volume.GetName()
+    if volume.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"'{name}' is a label map (a segmentation), not an image",
+                         "choose the grey-level image it was drawn on")
+    if not volume.IsA("vtkMRMLVolumeNode") or volume.GetImageData() is None:
+        raise InputError(f"'{name}' is not an image volume with voxels",
+                         "choose a CT, MR, PET or ultrasound volume")
+    components = volume.GetImageData().GetNumberOfScalarComponents()
+    if components != 1 or not volume.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(f"'{name}' has {components} values per voxel (a 4D, vector or colour volume)",
+                         "give one 3D grey-level volume: pick one time point of a sequence (Sequences module) "
+                         "or extract one component first (Vector to Scalar Volume module)")
+    dims = volume.GetImageData().GetDimensions()
+    if min(dims) < 2:
+        raise InputError(f"'{name}' is 2D (size {' x '.join(map(str, dims))}); a 3D volume is needed",
+                         "load the whole series (all slices) as one volume")
 
 
 def _checkpoint(requested: str | Path | None) -> Path | None:

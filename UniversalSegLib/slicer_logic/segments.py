@@ -12,7 +12,7 @@ replaced::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import SimpleITK as sitk
 import slicer
@@ -40,13 +40,15 @@ class SavedSegment:
 
 @dataclass
 class UndoEntry:
-    """What one applied run changed: the node (created or not), the segments it added and those it replaced."""
+    """What one applied run changed: the node (created or not), the segments it added and those it replaced,
+    and other nodes it created (the ROI boxes of a refinement)."""
 
     segmentation_id: str
     created_node: bool
     added: list[str]
     saved: list[SavedSegment]
     description: str
+    nodes: list[str] = field(default_factory=list)
 
 
 def new_segmentation_node(scene, volume):
@@ -126,7 +128,11 @@ def save_segment(node, segment_id: str) -> SavedSegment:
 
 
 def revert(scene, entry: UndoEntry) -> None:
-    """Undo ``entry``: remove the node it created, or its segments, and restore the segments it replaced."""
+    """Undo ``entry``: remove the nodes it created, or its segments, and restore the segments it replaced."""
+    for node_id in entry.nodes:
+        created = scene.GetNodeByID(node_id)
+        if created is not None:
+            remove_node(scene, created)
     node = scene.GetNodeByID(entry.segmentation_id) if entry.segmentation_id else None
     if node is None:
         return

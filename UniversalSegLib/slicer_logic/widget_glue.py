@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from ..catalog import Catalog
 from ..errors import CancelledError, UniversalSegError
-from .dependencies import Dependency, dependency_error, missing_dependencies, pip_arguments
+from .dependencies import DEPENDENCIES, Dependency, dependency_error, missing_dependencies, pip_arguments
 from .jobs import JobStatus, SegmentationJob
 from .logic import SlicerSegmentationLogic
 from .modality import ModalityGuess, task_groups
@@ -157,11 +157,15 @@ def install_dependencies(missing: Sequence[Dependency], requirements: str | Path
         raise RuntimeError("torch was not installed")
     if any(d.route == "pip" for d in missing):
         pip_install(pip_arguments(requirements))
+    no_deps = [d.requirement for d in missing if d.route == "pip-no-deps"]
+    if no_deps:
+        pip_install(["--no-deps", *no_deps])
 
 
 def ensure_dependencies(requirements: str | Path, confirm: Callable[[str], bool],
                         error_display: Callable[[], AbstractContextManager], pip_install: Callable[[list[str]], object],
-                        install_torch: Callable[[], object] = install_torch_through_extension) -> bool:
+                        install_torch: Callable[[], object] = install_torch_through_extension,
+                        dependencies: Sequence[Dependency] = DEPENDENCIES) -> bool:
     """Whether the engine's packages are there, installing what is missing once ``confirm(prompt)`` says yes.
 
     ``error_display()`` is the context that shows an install failure (``slicer.util.tryWithErrorDisplay``);
@@ -170,7 +174,7 @@ def ensure_dependencies(requirements: str | Path, confirm: Callable[[str], bool]
     >>> ensure_dependencies("req.txt", confirm=None, error_display=None, pip_install=None)  # nothing missing
     True
     """
-    missing = missing_dependencies()
+    missing = missing_dependencies(dependencies)
     if not missing:
         return True
     if not confirm(install_prompt(missing, requirements)):
@@ -180,4 +184,4 @@ def ensure_dependencies(requirements: str | Path, confirm: Callable[[str], bool]
             install_dependencies(missing, requirements, pip_install, install_torch)
     except Exception:  # noqa: BLE001 - shown by error_display (ImportError: no PyTorch extension)
         return False
-    return not missing_dependencies()
+    return not missing_dependencies(dependencies)
