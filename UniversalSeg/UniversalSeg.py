@@ -12,7 +12,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -62,6 +62,10 @@ class UniversalSegParameterNode:
     useBundledModel: bool = True
     modelPath: str = ""
     refineBackend: Annotated[str, Choice(list(glue.REFINE_BACKENDS))] = glue.REFINE_BACKENDS[0]
+    refineMode: Annotated[str, Choice(list(glue.REFINE_MODES))] = glue.REFINE_MODES[0]
+    medsam2Checkpoint: str = ""
+    includePoints: vtkMRMLMarkupsFiducialNode
+    excludePoints: vtkMRMLMarkupsFiducialNode
     addBeside: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
 
@@ -85,6 +89,9 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.timeout.connect(self.onPoll)
         self.ui.modelPathLineEdit.nameFilters = ["Checkpoints (*.pt *.pth *.ckpt)"]
         self.ui.modelPathLineEdit.currentPathChanged.connect(lambda path: self._set("modelPath", path))
+        self.ui.medsam2CheckpointLineEdit.nameFilters = ["Checkpoints (*.pt *.pth)"]
+        self.ui.medsam2CheckpointLineEdit.currentPathChanged.connect(lambda p: self._set("medsam2Checkpoint", p))
+        self.ui.refineSegmentSelector.selectionChanged.connect(self.updateGUI)
         self.ui.inputSelector.currentNodeChanged.connect(self.onInputChanged)
         self.ui.taskTree.itemChanged.connect(self.onTasksChanged)
         self.ui.segmentButton.clicked.connect(self.onSegment)
@@ -129,7 +136,10 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.fillTasks(p.modality)
         if self.ui.modelPathLineEdit.currentPath != p.modelPath:
             self.ui.modelPathLineEdit.currentPath = p.modelPath
-        states = glue.control_states(p, self.job is not None, self.logic.can_undo, self.logic.refine_available())
+        if self.ui.medsam2CheckpointLineEdit.currentPath != p.medsam2Checkpoint:
+            self.ui.medsam2CheckpointLineEdit.currentPath = p.medsam2Checkpoint
+        chosen = bool(self.ui.refineSegmentSelector.selectedSegmentIDs())
+        states = glue.control_states(p, self.job is not None, self.logic.can_undo, chosen)
         self.ui.modelPathLineEdit.enabled = states.model_path
         self.ui.segmentButton.enabled = states.segment
         self.ui.cancelButton.enabled = states.cancel
@@ -169,22 +179,30 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._set("modality", guess.modality)
             self.ui.modalityHintLabel.text = glue.modality_hint(guess)
 
-    def ensureDependencies(self):
+    def ensureDependencies(self, dependencies=sl.DEPENDENCIES):
         """On first use, with consent: torch through the PyTorch extension, the rest with pip."""
         return glue.ensure_dependencies(
             self.resourcePath("requirements.txt"), lambda text: slicer.util.confirmOkCancelDisplay(text, glue.TITLE),
             lambda: slicer.util.tryWithErrorDisplay("Installing UniversalSeg's dependencies failed", waitCursor=True),
-            slicer.util.pip_install)
+            slicer.util.pip_install, dependencies=dependencies)
 
     def onSegment(self):
-        if not self.ensureDependencies():
-            return
+        if self.ensureDependencies():
+            self.startJob(lambda: self.logic.start(glue.request_from_parameters(self._parameterNode)))
+
+    def onRefine(self):
+        selector, p = self.ui.refineSegmentSelector, self._parameterNode
+        if self.ensureDependencies(glue.refine_dependencies(p.refineBackend)):
+            request = glue.refinement_request(p, selector.currentNode(), list(selector.selectedSegmentIDs()))
+            self.startJob(lambda: self.logic.start_refinement(request))
+
+    def startJob(self, start):
         try:
-            self.job = self.logic.start(glue.request_from_parameters(self._parameterNode))
+            self.job = start()
         except UniversalSegError as err:
             slicer.util.errorDisplay(str(err), windowTitle=glue.TITLE)
             return
-        self.ui.statusLabel.text = " ".join(self.job.run.warnings)
+        self.ui.statusLabel.text = " ".join(self.job.poll().warnings)
         self.timer.start()
         self.updateGUI()
 
@@ -209,10 +227,6 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         undone = self.logic.undo()
         self.ui.statusLabel.text = glue.undo_text(undone)
         self.updateGUI()
-
-    def onRefine(self):  # wired by the refinement work: logic.refiner
-        with slicer.util.tryWithErrorDisplay("Refinement failed"):
-            self.logic.refine(self._parameterNode, self.ui.refineSegmentSelector.currentSegmentID())
 
 
 class UniversalSegLogic(ScriptedLoadableModuleLogic, sl.SlicerSegmentationLogic):

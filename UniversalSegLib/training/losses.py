@@ -12,8 +12,8 @@ cannot weight (mask) channels per sample, which is what partial labels need.
 >>> logits = torch.full((1, 2, 4, 4, 4), -20.0); target = torch.zeros_like(logits)
 >>> mask = torch.tensor([[1.0, 0.0]])
 >>> out = HermesLoss()(logits, target, mask, torch.zeros(1, 3), torch.tensor([0]))
->>> round(float(out.segmentation), 4)
-0.0
+>>> float(out.segmentation) < 0.02  # a confident, correct empty prediction costs (almost) nothing
+True
 """
 
 from __future__ import annotations
