@@ -301,3 +301,13 @@ def test_unreadable_catalog(tmp_path: Path) -> None:
 def test_valid_copy_loads(tmp_path: Path) -> None:
     loaded = Catalog.load(_write(tmp_path, _raw()))
     assert [t.id for t in loaded.tasks] == [t.id for t in Catalog.load().tasks]
+
+
+def test_refine_flag_comes_from_the_catalog_file(tmp_path: Path) -> None:
+    raw = _raw()
+    flags = {t["id"]: bool(t.get("refine", False)) for t in raw["tasks"]}
+    raw["tasks"][0]["refine"] = not flags[raw["tasks"][0]["id"]]
+    loaded = Catalog.load(_write(tmp_path, raw))
+    assert loaded.tasks[0].refine is not flags[raw["tasks"][0]["id"]]
+    assert [t.refine for t in loaded.tasks[1:]] == [flags[t["id"]] for t in raw["tasks"][1:]]
+    assert loaded.tasks[0].to_dict()["refine"] is loaded.tasks[0].refine
