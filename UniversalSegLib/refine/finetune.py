@@ -13,7 +13,7 @@ sometimes the box of a neighbouring slice, sometimes the exact box). Steps, each
 Splits: ``splits/<dataset>.json`` when the training engineer wrote one, else the same hash rule
 (80/20 by case id) without writing a file. ``train`` resumes from ``cache/refine/finetune_checkpoint.pt``
 (written every ``--every`` steps); ``--output`` writes the weights elsewhere (a candidate) and
-``evaluate --weights`` measures such a file. The shipped weights are step 50 of this run: see their
+``evaluate --weights`` measures such a file. The shipped weights are step 300 of this run: see their
 manifest, ``UniversalSegLib/weights/litemedsam_finetuned.json``.
 """
 
