@@ -132,17 +132,14 @@ def test_segment_refine_refines_only_the_chosen_task(slab, tmp_path, monkeypatch
                  "--refine-task", "mandible"]) == 2
 
 
-def test_evaluate_refine_scores_the_refined_masks(slab, tmp_path, capsys) -> None:
-    """``evaluate --refine-task``: the bundled model's masks, refined for one task, scored against the reference."""
-    image, coarse = slab
+def test_evaluate_refine_scores_the_refined_masks(shared_data, tmp_path, capsys) -> None:
+    """``evaluate --refine-task``: the bundled model's masks of a whole held-out case, refined for one task."""
+    source = shared_data / "mri_hippocampus_msd"
     folder = tmp_path / "dataset"
     (folder / "images").mkdir(parents=True)
     (folder / "labels").mkdir()
-    (folder / "images" / "case.nii.gz").write_bytes(image.read_bytes())
-    values = sitk.GetArrayFromImage(sitk.ReadImage(str(coarse)))
-    label = sitk.GetImageFromArray(np.select([values == 5, values == 9], [1, 2], 0).astype(np.uint8))
-    label.CopyInformation(sitk.ReadImage(str(coarse)))
-    sitk.WriteImage(label, str(folder / "labels" / "case.nii.gz"))
+    for kind in ("images", "labels"):
+        (folder / kind / "case.nii.gz").write_bytes((source / kind / f"{CASE}.nii.gz").read_bytes())
     (folder / "dataset.json").write_text(json.dumps({
         "modality": "MRI T1", "labels": {"1": "Anterior hippocampus", "2": "Posterior hippocampus"},
         "cases": [{"id": "case", "image": "images/case.nii.gz", "label": "labels/case.nii.gz",
