@@ -71,10 +71,11 @@ def refining_segment(args: argparse.Namespace, log: Callable[[str], None]) -> Ca
     refiners: list[Refiner] = []
 
     def segment_and_refine(image_path, **kwargs) -> SegmentationResult:
-        result = segment(image_path, **kwargs)
+        image, _ = read_image(image_path)  # read once for both steps
+        result = segment(image, **kwargs)
         if not refiners:
             refiners.append(make_refiner(args))
-        return refine_result(read_image(image_path)[0], result, args, refiners[0], log)
+        return refine_result(image, result, args, refiners[0], log)
 
     return segment_and_refine
 
