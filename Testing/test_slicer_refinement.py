@@ -65,10 +65,10 @@ def setup_scene(scene, case, refiner):
     volume = volume_node_from_image(image, "t1", scene)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    coarse = np.zeros(truth.shape, bool)  # a crude mask: the reference's rectangle on each slice
-    for k in np.flatnonzero((truth == 1).any(axis=(1, 2))):
-        js, is_ = np.nonzero(truth[k] == 1)
-        coarse[k, js.min():js.max() + 1, is_.min():is_.max() + 1] = True
+    coarse = np.zeros(truth.shape, bool)  # a crude mask: the reference's rectangle on each coronal slice (array
+    for j in np.flatnonzero((truth == 1).any(axis=(0, 2))):  # axis 1 here), the plane the hippocampus is refined in
+        ks, is_ = np.nonzero(truth[:, j] == 1)
+        coarse[ks.min():ks.max() + 1, j, is_.min():is_.max() + 1] = True
     add_segment(node, "anterior", "Anterior hippocampus", coarse, volume, color=(0.9, 0.8, 0.1),
                 **{TASK_TAG: "hippocampus_anterior"})
     add_segment(node, "posterior", "Posterior hippocampus", truth == 2, volume)
@@ -85,7 +85,7 @@ def test_refine_writes_into_the_segment_leaves_rois_and_undoes(scene, case, refi
 
     refined = segment_arrays(node, ["anterior"], volume) == 1
     print(f"Dice coarse {dice(coarse, truth == 1):.3f}, refined {dice(refined, truth == 1):.3f}")
-    assert dice(refined, truth == 1) > dice(coarse, truth == 1) + 0.02  # closer to the reference (measured +0.037)
+    assert dice(refined, truth == 1) > dice(coarse, truth == 1) + 0.02  # closer to the reference (measured +0.045)
     segment = node.GetSegmentation().GetSegment("anterior")
     assert segment.GetName() == "Anterior hippocampus" and np.allclose(segment.GetColor(), (0.9, 0.8, 0.1))
     assert node.GetSegmentation().GetSegmentIndex("anterior") == 0

@@ -45,6 +45,7 @@ def test_run_writes_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
     assert loaded.modality_ids == ["CT", "MR-T1", "MR"]  # MR: generic prior trained by modality swaps
     assert loaded.inference["spacing"] is None and loaded.inference["patch_size"] == [32, 32, 16]
     assert loaded.inference["group_spacing"] == {"abdominal_organs": None, "hippocampus": [1.5, 1.5, 1.5]}
+    assert loaded.inference["group_patch_size"] == {"abdominal_organs": [32, 32, 16], "hippocampus": [32, 16, 16]}
     meta = loaded.metadata
     assert meta["iterations"] == 4 and meta["licenses"] == {"synth_ct": "synthetic", "synth_mr": "synthetic"}
     assert set(meta["val_dice_per_label"]) == {"synth_ct/Liver", "synth_ct/Spleen", "synth_mr/Hippo"}

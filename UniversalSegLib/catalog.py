@@ -36,6 +36,8 @@ SEGMENTATION_CONTEXT = "Segmentation category and type - 3D Slicer General Anato
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 KINDS = ("CT", "MR", "PET", "US", "photo")
 DICOM_MODALITIES = ("CT", "MR", "PT", "US", "OP")
+#: Slice planes a 2D refiner can work on, as anatomy names them (physical axes x, y, z in LPS/RAS order).
+PLANES = ("sagittal", "coronal", "axial")
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -104,6 +106,7 @@ class Task:
     notes: str = ""
     group_name: str = field(default="", compare=False, repr=False)  # display name of ``group``, set by load
     refine: bool = False  # refined by default: refinement measured to help this task (benchmarks/refine_eval.py)
+    refine_plane: str = "axial"  # slices a 2D refiner works on: axial, coronal or sagittal (the one measured best)
 
     def applies_to(self, modality_id: str) -> bool:
         """Whether the task is defined for this modality id (exact: ``"MR"`` does not cover ``"MR-T2"``)."""
@@ -135,14 +138,15 @@ class Task:
         return (r / 255.0, g / 255.0, b / 255.0)
 
     def to_dict(self) -> dict:
-        """JSON-able: id, name, group (display name), group_id, modalities, color, terminology, aliases, refine."""
+        """JSON-able: id, name, group (display name), group_id, modalities, color, terminology, aliases, refine
+        and refine_plane."""
         codes = {"category": self.category, "type": self.type, "modifier": self.modifier,
                  "region": self.region, "region_modifier": self.region_modifier}
         return {
             "id": self.id, "name": self.name, "group": self.group_name or self.group, "group_id": self.group,
             "modalities": list(self.modalities), "color": list(self.color),
             "terminology": {k: (v.to_dict() if v else None) for k, v in codes.items()},
-            "aliases": list(self.aliases), "refine": self.refine,
+            "aliases": list(self.aliases), "refine": self.refine, "refine_plane": self.refine_plane,
         }
 
 
@@ -398,6 +402,9 @@ def _build(raw: dict, problems: list[str]) -> Catalog:
         if len(color) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
                                       for v in color):
             problems.append(f"{where}: color {list(color)} must be three integers 0-255")
+        plane = t.get("refine_plane", "axial")
+        if plane not in PLANES:
+            problems.append(f"{where}: refine_plane '{plane}' must be one of {', '.join(PLANES)}")
         task = Task(
             id=tid, name=t["name"], group=t["group"], modalities=tuple(t["modalities"]),
             color=color,
@@ -408,6 +415,7 @@ def _build(raw: dict, problems: list[str]) -> Catalog:
             region_modifier=_code(term.get("region_modifier"), f"{where} region_modifier", problems),
             aliases=tuple(t.get("aliases", ())), notes=t.get("notes", ""),
             group_name=groups.get(t["group"], (t["group"], ""))[0], refine=bool(t.get("refine", False)),
+            refine_plane=plane,
         )
         for key in (task.id, task.name, *task.aliases):
             _unique("task", task_keys, key, task.id, problems)

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from .catalog import Modality, Task
 from .errors import CancelledError, CatalogError, InputError
-from .preprocess import canonical_grid, normalise, target_spacing, to_grid
+from .preprocess import canonical_grid, normalise, target_spacing, target_window, to_grid
 
 Progress = Callable[[str, float], None]
 """Called with a stage name ("prepare", "infer", "postprocess") and the fraction done in [0, 1]."""
@@ -29,7 +29,8 @@ Progress = Callable[[str, float], None]
 
 @dataclass
 class InferenceOptions:
-    """Sliding-window and post-processing settings; ``window=None`` takes the model's patch size."""
+    """Sliding-window and post-processing settings; ``window=None`` takes the patch size the model was
+    trained on for the request's group (else its default window)."""
 
     window: tuple[int, int, int] | None = None
     overlap: float = 0.5
@@ -140,18 +141,18 @@ class Segmenter:
         grid = canonical_grid(image, spacing)
         net_input = normalise(to_grid(image, grid), modality.kind)
         report("prepare", 1.0)
-        probabilities = self._infer(net_input, rows, modality_row, options, report, cancel)
+        window = options.window or target_window(self.loaded.inference, [t.group for t in tasks])
+        probabilities = self._infer(net_input, rows, modality_row, window, options, report, cancel)
         report("postprocess", 0.0)
         labels, kept = self._to_input_grid(probabilities[: len(tasks)], grid, image, options, tasks)
         report("postprocess", 1.0)
         return SegmentationResult(labels, list(tasks), modality, kept, time.perf_counter() - start, self.name)
 
-    def _infer(self, net_input: np.ndarray, rows: list[int], modality_row: int, options: InferenceOptions,
-               report: Progress, cancel: Callable[[], bool] | None) -> np.ndarray:
+    def _infer(self, net_input: np.ndarray, rows: list[int], modality_row: int, window: Sequence[int],
+               options: InferenceOptions, report: Progress, cancel: Callable[[], bool] | None) -> np.ndarray:
         import torch
         from monai.inferers import sliding_window_inference
 
-        window = options.window or tuple(self.loaded.inference.get("patch_size", (96, 96, 96)))
         # (z, y, x) array: shrink the window to the image (rounded up to 16, at least 32) so small crops cost little.
         roi = tuple(min(int(w), max(32, 16 * math.ceil(s / 16)))
                     for w, s in zip(window[::-1], net_input.shape, strict=True))
@@ -175,7 +176,7 @@ class Segmenter:
         with torch.inference_mode():
             result = sliding_window_inference(
                 tensor, roi, options.batch_size, predictor, overlap=options.overlap, mode=options.blend,
-                padding_mode="constant", cval=0.0,
+                padding_mode="replicate",  # as validation during training
             )
         return result[0].float().cpu().numpy()
 

@@ -48,7 +48,7 @@ def add_refine_parser(sub: argparse._SubParsersAction) -> None:
                      help="label map to write (.nii.gz, .nrrd, .mha); keeps COARSE's label values")
     ref.add_argument("--modality", help="CT, MR-T1, ... (guessed from DICOM tags or intensities if left out)")
     ref.add_argument("--label", type=int, action="append", help="refine only this label value of COARSE (repeat)")
-    ref.add_argument("--task", help="the structure inside --box (picks the CT window), e.g. parotid_left")
+    ref.add_argument("--task", help="the structure inside --box (picks CT window and slice plane), e.g. mandible")
     ref.add_argument("--threads", type=int, help="CPU threads for torch")
     _backend_options(ref)
 

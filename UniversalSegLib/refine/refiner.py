@@ -3,7 +3,8 @@
 A refiner turns prompts into masks on one volume. :meth:`Refiner.refine` takes a SimpleITK image (or a
 (z, y, x) array) and one :class:`~.prompts.Prompts` per object, and returns one boolean mask per
 object on the image's voxel array. Intensities are brought to the model's range here (CT windowed for
-the task), and the slices are the image's axial-like ones (:func:`~.slices.slice_axis`).
+the task), and the slices are those of the task's plane (catalog ``refine_plane``, axial unless measured
+otherwise; :func:`~.slices.slice_axis`).
 
 >>> refiner = LiteMedSAMRefiner()  # fine-tuned decoder; LiteMedSAMRefiner("original") for the wheel's  # doctest: +SKIP
 >>> [mask] = refiner.refine(image, [Prompts(box=Box3D.parse("10,12,30,40,44,52"))], kind="MR")  # doctest: +SKIP
@@ -24,7 +25,7 @@ from ..errors import InputError
 from .litemedsam import EmbeddingCache, LiteMedSAM, SlicePredictor
 from .prompts import Prompts, SliceSpace, grow_box
 from .propagate import StopRules, propagate
-from .slices import ct_window, scale_intensity, slice_axis
+from .slices import ct_window, refine_axis, scale_intensity
 
 #: Pixels a per-slice result may reach beyond its box (SAM sometimes spills a little past the prompt).
 BOX_SLACK = 2.0
@@ -48,13 +49,13 @@ class Refiner(ABC):
         """One boolean mask per object, shaped like the image's (z, y, x) voxel array.
 
         ``kind`` is the modality kind ("CT", "MR", ...), ``task`` the catalog task (it picks the CT
-        window); ``axis`` overrides the slice axis (for arrays it defaults to 0).
+        window and the slice plane); ``axis`` overrides the slice axis (for arrays it defaults to 0).
         """
         array = sitk.GetArrayFromImage(image) if isinstance(image, sitk.Image) else np.asarray(image)
         if array.ndim != 3:
             raise InputError(f"refinement needs a 3D volume, not an array of shape {array.shape}", "give a 3D image")
         if axis is None:
-            axis = slice_axis(image) if isinstance(image, sitk.Image) else 0
+            axis = refine_axis(image, task) if isinstance(image, sitk.Image) else 0
         space = SliceSpace(axis)
         size = array.shape[::-1]
         for prompts in objects:
@@ -157,4 +158,9 @@ class LiteMedSAMRefiner(Refiner):
                              key_boxes, first, last, limit, points, self.rules)
         for z, mask in masks.items():
             out[z] = mask
+        if limit is not None:  # a followed object stays inside its 3D box (a user's ROI is a hard limit)
+            x0, y0, x1, y1 = np.round(limit).astype(int)
+            inside = np.zeros(slices.shape[1:], bool)
+            inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+            out &= inside
         return out

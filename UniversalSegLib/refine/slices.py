@@ -22,6 +22,9 @@ import SimpleITK as sitk
 import torch
 from torch.nn import functional as F
 
+from ..catalog import PLANES, Catalog
+from ..errors import CatalogError
+
 SIZE = 256
 #: CT window (level, width) in HU per task; tasks not listed use :data:`CT_SOFT_TISSUE`.
 CT_SOFT_TISSUE = (40.0, 400.0)
@@ -47,14 +50,62 @@ def scale_intensity(volume: np.ndarray, kind: str, window: tuple[float, float] |
     return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
 
 
-def slice_axis(image: sitk.Image) -> int:
-    """The numpy axis (of ``GetArrayFromImage``'s (z, y, x) order) whose voxel axis is closest to head-foot.
+def slice_axis(image: sitk.Image, plane: str = "axial") -> int:
+    """The numpy axis (of ``GetArrayFromImage``'s (z, y, x) order) that steps across ``plane``'s slices.
 
-    Refinement works on these (axial-like) slices; ``np.moveaxis(array, axis, 0)`` puts them first.
+    For "axial" it is the voxel axis closest to head-foot, "coronal" front-back, "sagittal" left-right;
+    ``np.moveaxis(array, axis, 0)`` puts the slices first. A task's plane is its catalog ``refine_plane``.
+
+    >>> image = sitk.Image(40, 30, 20, sitk.sitkUInt8)  # identity direction: voxel i, j, k = x, y, z
+    >>> slice_axis(image), slice_axis(image, "coronal"), slice_axis(image, "sagittal")
+    (0, 1, 2)
     """
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {PLANES}, not {plane!r}")
     direction = np.abs(np.asarray(image.GetDirection()).reshape(3, 3))
-    voxel_axis = int(direction[2].argmax())  # row 2: physical z (superior) in terms of voxel axes i, j, k
+    voxel_axis = int(direction[PLANES.index(plane)].argmax())  # row r: physical axis r in terms of voxel i, j, k
     return 2 - voxel_axis
+
+
+#: A slice narrower than this (voxels) on a side is no image for a 2D model: fall back to the axial plane.
+MIN_SLICE_SIDE = 16
+#: Voxels this much longer along one axis than another are thick slices: refine in the acquisition plane.
+THICK_SLICE_RATIO = 2.0
+
+
+def refine_axis(image: sitk.Image, task_id: str | None) -> int:
+    """The slice axis refinement uses for ``task_id`` on ``image``: that of the task's plane (catalog
+    ``refine_plane``), unless the voxels are thick slices (spacing ratio above :data:`THICK_SLICE_RATIO`:
+    the acquisition plane, across the thickest spacing) or the plane's slices would be under
+    :data:`MIN_SLICE_SIDE` voxels across (then axial).
+
+    >>> image = sitk.Image(35, 52, 36, sitk.sitkInt16)
+    >>> refine_axis(image, "hippocampus_anterior"), refine_axis(image[:, :, 10:14], "hippocampus_anterior")
+    (1, 0)
+    >>> image.SetSpacing((1.0, 1.0, 5.0))
+    >>> refine_axis(image, "hippocampus_anterior")  # 5 mm slices: keep to them
+    0
+    """
+    spacing = np.asarray(image.GetSpacing(), dtype=float)[::-1]  # numpy (z, y, x) order
+    if spacing.max() > THICK_SLICE_RATIO * spacing.min():
+        return int(spacing.argmax())
+    axis = slice_axis(image, task_plane(task_id))
+    size = np.asarray(image.GetSize())[::-1]
+    if np.delete(size, axis).min() < MIN_SLICE_SIDE:
+        return slice_axis(image)
+    return axis
+
+
+def task_plane(task_id: str | None) -> str:
+    """The slice plane refinement uses for ``task_id`` (its catalog ``refine_plane``; axial when unknown).
+
+    >>> task_plane("hippocampus_anterior"), task_plane("liver"), task_plane(None)
+    ('coronal', 'axial', 'axial')
+    """
+    try:
+        return Catalog.load().task(task_id).refine_plane if task_id else "axial"
+    except CatalogError:
+        return "axial"
 
 
 def slice_input(image: np.ndarray) -> tuple[torch.Tensor, float]:

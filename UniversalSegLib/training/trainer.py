@@ -289,12 +289,15 @@ def build_model(config: TrainConfig, num_tasks: int, num_modalities: int, prior_
 
 
 def inference_settings(config: TrainConfig, runs: list[DatasetRun], catalog: Any) -> dict:
-    """The checkpoint's ``inference`` dict: default spacing, spacing per catalog group, window size (x, y, z)."""
+    """The checkpoint's ``inference`` dict: default spacing and window size (x, y, z), and per catalog group
+    the spacing and patch size it was trained at."""
     group_spacing: dict[str, list[float] | None] = {}
+    group_patch: dict[str, list[int]] = {}
     for run in runs:
         value = None if run.spec.spacing is None else [float(s) for s in run.spec.spacing]
         for tid in run.tasks.values():
             group = catalog.task(tid).group
+            group_patch.setdefault(group, [int(s) for s in run.spec.patch_size])
             if group in group_spacing and group_spacing[group] != value:
                 log.warning("group %s is trained at two spacings (%s and %s); exporting the first",
                             group, group_spacing[group], value)
@@ -304,7 +307,7 @@ def inference_settings(config: TrainConfig, runs: list[DatasetRun], catalog: Any
     spacing = config.inference_spacing if config.inference_spacing is not None else first.spacing
     patch = config.inference_patch_size or first.patch_size
     return {"spacing": None if spacing is None else [float(s) for s in spacing],
-            "group_spacing": group_spacing, "patch_size": [int(s) for s in patch]}
+            "group_spacing": group_spacing, "patch_size": [int(s) for s in patch], "group_patch_size": group_patch}
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -722,6 +725,7 @@ def build_train_parser(parser: argparse.ArgumentParser | None = None) -> argpars
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from OUTPUT_DIR/last.pt when present (default: yes)")
     parser.add_argument("--iterations", type=int, help="override the config's iterations")
+    parser.add_argument("--threads", type=int, help="override the config's torch CPU threads per process")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="leave after iteration N (last.pt written); rerun to continue")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -729,7 +733,7 @@ def build_train_parser(parser: argparse.ArgumentParser | None = None) -> argpars
 
 
 def main_train(argv: Sequence[str] | None = None) -> int:
-    """``universalseg train CONFIG.yaml [--resume/--no-resume] [--iterations N] [--stop-after N] [--quiet]``.
+    """``universalseg train CONFIG.yaml [--resume/--no-resume] [--iterations N] [--threads N] [--stop-after N]``.
 
     Returns the exit code.
 
@@ -739,7 +743,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        config = load_config(args.config, iterations=args.iterations)
+        config = load_config(args.config, iterations=args.iterations, threads=args.threads)
         best = train(config, progress=not args.quiet, resume=args.resume, stop_after=args.stop_after)
     except UniversalSegError as err:
         print(f"error: {err}", file=sys.stderr)
