@@ -153,3 +153,18 @@ def test_canonical_grid_keeps_voxel_centres_of_axis_aligned_images():
     assert np.allclose(grid.GetDirection(), np.eye(3).flatten())
     assert sorted(grid.GetSize()) == sorted(image.GetSize())
     assert np.allclose(sorted(grid.GetSpacing()), sorted(image.GetSpacing()))
+
+
+def test_group_spacing_and_window_apply_only_when_the_request_shares_one_group_setting() -> None:
+    from UniversalSegLib.preprocess import target_spacing, target_window
+
+    inference = {"spacing": [1.5, 1.5, 1.5], "patch_size": [64, 64, 64],
+                 "group_spacing": {"hippocampus": [1.0, 1.0, 1.0], "heart_cine": None},
+                 "group_patch_size": {"hippocampus": [32, 48, 32], "heart_cine": [96, 96, 16]}}
+    assert target_spacing(inference, ["hippocampus"]) == (1.0, 1.0, 1.0)
+    assert target_spacing(inference, ["heart_cine"]) is None  # the stored voxel grid
+    assert target_spacing(inference, ["hippocampus", "heart_cine"]) == (1.5, 1.5, 1.5)
+    assert target_window(inference, ["heart_cine"]) == (96, 96, 16)
+    assert target_window(inference, ["hippocampus", "heart_cine"]) == (64, 64, 64)
+    assert target_window(inference, ["liver"]) == (64, 64, 64)  # a group the model has no patch for
+    assert target_window({"patch_size": [64, 64, 64]}, ["hippocampus"]) == (64, 64, 64)  # older checkpoints

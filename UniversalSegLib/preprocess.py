@@ -11,7 +11,9 @@ exact ITK geometry both ways, which is what maps the result back onto the input'
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -83,12 +85,8 @@ def target_spacing(inference: dict, group_ids: Sequence[str]) -> tuple[float, fl
     "group_spacing": {group id: [x, y, z] | None}}``. ``None`` means the voxel grid as stored
     (used for data whose true spacing is unknown, such as the ACDC export).
     """
-    per_group = inference.get("group_spacing", {})
-    chosen = {json_key(per_group[g]) for g in group_ids if g in per_group}
-    if len(chosen) == 1 and all(g in per_group for g in group_ids):
-        value = per_group[group_ids[0]]
-    else:
-        value = inference.get("spacing")
+    shared, value = _shared_group_value(inference.get("group_spacing", {}), group_ids)
+    value = value if shared else inference.get("spacing")
     return None if value is None else (float(value[0]), float(value[1]), float(value[2]))
 
 
@@ -101,13 +99,15 @@ def target_window(inference: dict, group_ids: Sequence[str]) -> tuple[int, int, 
     ...               ["hippocampus"])
     (32, 48, 32)
     """
-    per_group = inference.get("group_patch_size", {})
-    chosen = {tuple(per_group[g]) for g in group_ids if g in per_group}
-    value = chosen.pop() if len(chosen) == 1 and all(g in per_group for g in group_ids) else None
-    value = value or inference.get("patch_size", (96, 96, 96))
+    shared, value = _shared_group_value(inference.get("group_patch_size", {}), group_ids)
+    value = value if shared else inference.get("patch_size", (96, 96, 96))
     return (int(value[0]), int(value[1]), int(value[2]))
 
 
-def json_key(value: Sequence[float] | None) -> str:
-    """A hashable key for a spacing value (``None`` included)."""
-    return "none" if value is None else ",".join(f"{v:.4f}" for v in value)
+def _shared_group_value(per_group: dict, group_ids: Sequence[str]) -> tuple[bool, Any]:
+    """(True, value) when every group has an entry in ``per_group`` and all entries are equal, else (False, None)."""
+    if not group_ids or not all(g in per_group for g in group_ids):
+        return False, None
+    if len({json.dumps(per_group[g]) for g in group_ids}) != 1:
+        return False, None
+    return True, per_group[group_ids[0]]
