@@ -65,8 +65,14 @@ class Refiner(ABC):
                 if any(not 0 <= v < s for v, s in zip(point.index, size, strict=True)):
                     raise InputError(f"point {point.index} lies outside the image", "give voxel indices inside it")
         slices = np.moveaxis(scale_intensity(array, kind, ct_window(task)), axis, 0)
-        masks = self.refine_slices(slices, objects, space)
-        return [np.moveaxis(m, 0, axis) for m in masks]
+        masks = [np.moveaxis(m, 0, axis) for m in self.refine_slices(slices, objects, space)]
+        for prompts, mask in zip(objects, masks, strict=True):
+            if prompts.box is not None and prompts.follows():  # a followed object stays in its box (a user's ROI
+                (i0, j0, k0), (i1, j1, k1) = prompts.box.lo, prompts.box.hi  # is a hard limit), for every backend
+                inside = np.zeros(mask.shape, bool)
+                inside[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] = True
+                mask &= inside
+        return masks
 
     @abstractmethod
     def refine_slices(self, slices: np.ndarray, objects: Sequence[Prompts], space: SliceSpace) -> list[np.ndarray]:
@@ -158,9 +164,4 @@ class LiteMedSAMRefiner(Refiner):
                              key_boxes, first, last, limit, points, self.rules)
         for z, mask in masks.items():
             out[z] = mask
-        if limit is not None:  # a followed object stays inside its 3D box (a user's ROI is a hard limit)
-            x0, y0, x1, y1 = np.round(limit).astype(int)
-            inside = np.zeros(slices.shape[1:], bool)
-            inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
-            out &= inside
         return out
