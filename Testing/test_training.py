@@ -346,6 +346,33 @@ def test_bundled_configs_load() -> None:
     expected = repo.parent / "shared" / "data" / "ct_headneck_openkbp"  # ../shared may be a symbolic link
     assert cfg.dataset_folder(cfg.datasets[0]).resolve() == expected.resolve()
     load_config(repo / "configs" / "smoke.yaml")
+    baseline = load_config(repo / "configs" / "baseline.yaml")
+    assert baseline.mode == "baseline" and baseline.datasets == cfg.datasets and baseline.lr == cfg.lr
+    assert baseline.output_path != cfg.output_path
+
+
+def test_config_extends_another_and_overrides_it(tmp_path: Path) -> None:
+    from UniversalSegLib.training.config import load_config
+
+    (tmp_path / "base.yaml").write_text("datasets: [{path: a, weight: 3}, {path: b}]\niterations: 40\nlr: 0.5\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nmode: baseline\nlr: 0.25\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.mode, cfg.lr, cfg.iterations, [d.name for d in cfg.datasets]) == ("baseline", 0.25, 40, ["a", "b"])
+    (tmp_path / "base.yaml").write_text("extends: child.yaml\ndatasets: [{path: a}]\n")
+    with pytest.raises(InputError, match="extends itself"):
+        load_config(tmp_path / "child.yaml")
+    (tmp_path / "child.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(InputError, match="missing.yaml"):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_baselines_get_the_universal_runs_steps_per_dataset(tmp_path: Path) -> None:
+    from UniversalSegLib.training.config import load_config
+    from UniversalSegLib.training.trainer import baseline_iterations
+
+    (tmp_path / "run.yaml").write_text("datasets: [{path: a, weight: 3}, {path: b}, {path: c, weight: 0.001}]\n"
+                                       "iterations: 400\nmode: baseline\n")
+    assert baseline_iterations(load_config(tmp_path / "run.yaml")) == {"a": 300, "b": 100, "c": 1}
 
 
 def test_unknown_spacing_may_not_be_resampled(shared_data: Path, tmp_path: Path) -> None:

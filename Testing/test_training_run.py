@@ -66,9 +66,12 @@ def test_no_resume_starts_over(tmp_path: Path) -> None:
 def test_baseline_trains_one_prior_free_model_per_dataset(tmp_path: Path) -> None:
     from UniversalSegLib.models import load_checkpoint
 
-    manifest = train(tiny_config(tmp_path, mode="baseline", iterations=1), progress=False)
-    checkpoints = json.loads(manifest.read_text())["checkpoints"]
+    manifest = train(tiny_config(tmp_path, mode="baseline", iterations=4), progress=False)
+    record = json.loads(manifest.read_text())
+    checkpoints = record["checkpoints"]
     assert set(checkpoints) == {"synth_ct", "synth_mr"}
+    assert record["iterations_per_dataset"] == {"synth_ct": 2, "synth_mr": 2}  # equal weights: half each
+    assert _state(tmp_path / "run" / "baseline" / "synth_mr" / "last.pt")["iteration"] == 2
     ct = load_checkpoint(checkpoints["synth_ct"])
     assert ct.task_ids == ["liver", "spleen"] and ct.modality_ids == ["CT"]
     assert ct.model.config.fusion_blocks == (0, 0, 0, 0, 0)

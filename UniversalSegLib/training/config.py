@@ -69,7 +69,9 @@ class TrainConfig:
         widths: optional override of the preset's five stage widths.
         fusion_blocks: optional override of the preset's five fusion depths.
         blocks_per_stage: optional override of the preset's residual blocks per stage.
-        iterations: optimiser steps in total (baseline mode: per dataset).
+        iterations: optimiser steps in total. Baseline mode splits them over the datasets by sampling
+            weight (and the warm-up likewise), so each baseline gets the steps the universal run of
+            the same config spends on its dataset.
         batch_size: samples per optimiser step and process (gradients are accumulated over
             sub-batches of equal patch size).
         lr: peak learning rate (reached after the warm-up).
@@ -281,16 +283,34 @@ def config_from_dict(raw: dict, base_dir: str | Path = ".") -> TrainConfig:
 
 
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    """Read a YAML training config; ``overrides`` replace top-level settings (e.g. ``iterations=10``)."""
+    """Read a YAML training config; ``overrides`` replace top-level settings (e.g. ``iterations=10``).
+
+    A config may start with ``extends: OTHER.yaml`` (relative to its own folder): it then holds only
+    the settings that differ from OTHER, as ``configs/baseline.yaml`` does from ``default.yaml``.
+    """
+    raw = _read_yaml(Path(path), seen=())
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_dict(raw, base_dir=Path(path).parent)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The settings of ``path`` on top of those of the file it ``extends`` (recursively)."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise InputError(f"training config '{path}' does not exist", "check the path")
+    _check(path.resolve() not in seen, f"training config '{path}' extends itself (through {len(seen)} file(s))",
+           "remove the loop of 'extends:' settings")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise InputError(f"training config '{path}' is not valid YAML ({err})", "fix the syntax") from None
+    _check(isinstance(raw, dict) or raw is None, f"training config '{path}' must be a mapping of settings",
+           "see configs/default.yaml")
     raw = dict(raw or {})
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_dict(raw, base_dir=path.parent)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base = _read_yaml(path.parent / str(parent), (*seen, path.resolve()))
+    base.update(raw)
+    return base

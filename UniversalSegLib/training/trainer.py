@@ -504,18 +504,30 @@ def train(config: TrainConfig, progress: bool = True, *, resume: bool = True, ca
     dist = setup_distributed(config)
     if config.mode == "universal":
         return _train_one(config, catalog, dist, progress, resume, prior_free=False, stop_after=stop_after)
-    results = {}
+    results, steps = {}, baseline_iterations(config)
     for spec in config.datasets:
+        warmup = round(config.warmup_iterations * steps[spec.name] / config.iterations)
         sub = dataclasses.replace(config, datasets=[spec], output_dir=str(config.output_path / "baseline" / spec.name),
+                                  iterations=steps[spec.name], warmup_iterations=warmup,
                                   generic_modality_prob=0.0, modality_loss_weight=0.0, inference_spacing=None,
                                   inference_patch_size=None)
         results[spec.name] = str(_train_one(sub, catalog, dist, progress, resume, prior_free=True,
                                             stop_after=stop_after))
     manifest = config.output_path / "baseline.json"
     if dist.main:
-        manifest.write_text(json.dumps({"mode": "baseline", "iterations_per_dataset": config.iterations,
+        manifest.write_text(json.dumps({"mode": "baseline", "iterations_per_dataset": steps,
                                         "checkpoints": results}, indent=1) + "\n")
     return manifest
+
+
+def baseline_iterations(config: TrainConfig) -> dict[str, int]:
+    """Steps each baseline gets: the universal run's expected share, ``iterations x weight / sum(weights)``.
+
+    >>> baseline_iterations(load_config("configs/baseline.yaml"))  # doctest: +SKIP
+    {'ct_headneck_openkbp': 923, 'mri_hippocampus_msd': 646, 'mri_cardiac_acdc': 738, ...}
+    """
+    total = sum(spec.weight for spec in config.datasets)
+    return {spec.name: max(1, round(config.iterations * spec.weight / total)) for spec in config.datasets}
 
 
 def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, resume: bool,
