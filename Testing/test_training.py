@@ -349,6 +349,9 @@ def test_bundled_configs_load() -> None:
     baseline = load_config(repo / "configs" / "baseline.yaml")
     assert baseline.mode == "baseline" and baseline.datasets == cfg.datasets and baseline.lr == cfg.lr
     assert baseline.output_path != cfg.output_path
+    for path in sorted((repo / "configs" / "ablation").glob("*.yaml")):  # one dataset each, our cache
+        ablation = load_config(path)
+        assert len(ablation.datasets) == 1 and ablation.cache_path == cfg.cache_path, path.name
 
 
 def test_config_extends_another_and_overrides_it(tmp_path: Path) -> None:
@@ -358,6 +361,11 @@ def test_config_extends_another_and_overrides_it(tmp_path: Path) -> None:
     (tmp_path / "child.yaml").write_text("extends: base.yaml\nmode: baseline\nlr: 0.25\n")
     cfg = load_config(tmp_path / "child.yaml")
     assert (cfg.mode, cfg.lr, cfg.iterations, [d.name for d in cfg.datasets]) == ("baseline", 0.25, 40, ["a", "b"])
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "grandchild.yaml").write_text("extends: ../child.yaml\noutput_dir: out\n")
+    (tmp_path / "base.yaml").write_text("datasets: [{path: a}]\ncache_dir: cache\noutput_dir: runs\n")
+    cfg = load_config(tmp_path / "sub" / "grandchild.yaml")  # folders stay relative to the file naming them
+    assert cfg.cache_path == (tmp_path / "cache").resolve() and cfg.output_path == (tmp_path / "sub" / "out").resolve()
     (tmp_path / "base.yaml").write_text("extends: child.yaml\ndatasets: [{path: a}]\n")
     with pytest.raises(InputError, match="extends itself"):
         load_config(tmp_path / "child.yaml")

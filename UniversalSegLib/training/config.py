@@ -19,6 +19,7 @@ from typing import Any
 from UniversalSegLib.errors import InputError
 
 MODES = ("universal", "baseline")
+FOLDER_SETTINGS = ("data_root", "cache_dir", "output_dir", "splits_dir")
 OPTIMIZERS = ("adamw", "lamb")
 
 
@@ -287,6 +288,7 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
 
     A config may start with ``extends: OTHER.yaml`` (relative to its own folder): it then holds only
     the settings that differ from OTHER, as ``configs/baseline.yaml`` does from ``default.yaml``.
+    Relative folders stay relative to the file that names them.
     """
     raw = _read_yaml(Path(path), seen=())
     raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -311,6 +313,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
-    base = _read_yaml(path.parent / str(parent), (*seen, path.resolve()))
+    base_path = path.parent / str(parent)
+    base = _read_yaml(base_path, (*seen, path.resolve()))
+    for key in FOLDER_SETTINGS:  # the base's folders are relative to the base's own file
+        if isinstance(base.get(key), str):
+            base[key] = str((base_path.parent / base[key]).resolve())
     base.update(raw)
     return base
