@@ -369,6 +369,9 @@ def test_config_extends_another_and_overrides_it(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("extends: child.yaml\ndatasets: [{path: a}]\n")
     with pytest.raises(InputError, match="extends itself"):
         load_config(tmp_path / "child.yaml")
+    (tmp_path / "base.yaml").write_text("- a list, not settings\n")
+    with pytest.raises(InputError, match="mapping of settings"):
+        load_config(tmp_path / "base.yaml")
     (tmp_path / "child.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(InputError, match="missing.yaml"):
         load_config(tmp_path / "child.yaml")
