@@ -112,3 +112,18 @@ def test_presets() -> None:
     assert sum(p.numel() for p in HermesNet(paper).parameters()) == 60_884_998
     small = sum(p.numel() for p in HermesNet(preset("small", 72, 6)).parameters())
     assert 2e6 <= small <= 8e6
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_kernel_source_follows_fused_kernels(fused: bool) -> None:
+    """``fused_kernels=False`` hands the classifier the unfused pool rows; the default, the fused tokens."""
+    torch.manual_seed(3)
+    net = HermesNet(HermesConfig(**{**TINY.to_dict(), "fused_kernels": fused}))
+    seen = []
+    net.out.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    task_idx = torch.tensor([[0, 2]])
+    net(torch.randn(1, 1, 32, 16, 16), task_idx, torch.tensor([1]))
+    rows = torch.cat([fusion.task_prior[task_idx] for fusion in net.fusions], dim=-1)
+    assert torch.equal(seen[0], rows) is not fused
+    with pytest.raises(ValueError, match="fused_kernels"):
+        HermesConfig(**{**TINY.to_dict(), "fused_kernels": "no"})

@@ -41,6 +41,9 @@ class HermesConfig:
         mlp_ratio: hidden-width multiplier of the feed-forward layers in the fusion blocks.
         modality_tokens: tokens per modality in the modality pool.
         in_channels: image channels.
+        fused_kernels: task kernels from the fused task tokens (Hermes, image-dependent); ``False``
+            takes them from the unfused pool rows while the fusion still updates the features (on
+            head and neck CT at a CPU budget: 0.435 vs 0.151 Dice, README "Universal vs task-specific").
     """
 
     num_tasks: int
@@ -52,6 +55,7 @@ class HermesConfig:
     mlp_ratio: int = 4
     modality_tokens: int = 10
     in_channels: int = 1
+    fused_kernels: bool = True
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store tuples so the config stays hashable and comparable.
@@ -62,6 +66,8 @@ class HermesConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"HermesConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.fused_kernels, bool):
+            raise ValueError(f"HermesConfig.fused_kernels must be true or false, got {self.fused_kernels!r}")
         if len(self.widths) != 5 or any(not isinstance(w, int) or w < 1 for w in self.widths):
             raise ValueError(f"HermesConfig.widths must be 5 positive integers (full, 1/2, 1/4, 1/8, 1/16), "
                              f"got {self.widths!r}")

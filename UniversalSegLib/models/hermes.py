@@ -150,5 +150,7 @@ class HermesNet(nn.Module):
         y = fuse(self.prior_fuse_5, self.up1(x5, x4))
         y = fuse(self.prior_fuse_6, self.up2(y, x3))
         y = self.up4(self.up3(y, x2), x1)
+        if not self.config.fused_kernels:  # kernels from the pool rows; the fusion still shaped y
+            task_tokens = [fusion.task_prior[task_idx] for fusion in self.fusions]
         logits = self.out(torch.cat(task_tokens, dim=-1), y)
         return HermesOutput(logits, self.mod_out(torch.cat(modality_tokens, dim=-1)))

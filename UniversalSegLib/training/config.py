@@ -69,6 +69,7 @@ class TrainConfig:
         preset: network size, "small" (CPU) or "paper" (Hermes-R).
         widths: optional override of the preset's five stage widths.
         fusion_blocks: optional override of the preset's five fusion depths.
+        fused_kernels: task kernels from the fused task tokens (true, Hermes) or the unfused pool rows.
         blocks_per_stage: optional override of the preset's residual blocks per stage.
         iterations: optimiser steps in total. Baseline mode splits them over the datasets by sampling
             weight (and the warm-up likewise), so each baseline gets the steps the universal run of
@@ -117,6 +118,7 @@ class TrainConfig:
     widths: tuple[int, int, int, int, int] | None = None
     fusion_blocks: tuple[int, int, int, int, int] | None = None
     blocks_per_stage: int | None = None
+    fused_kernels: bool = True
     iterations: int = 4000
     batch_size: int = 2
     lr: float = 2e-3
@@ -215,6 +217,8 @@ class TrainConfig:
         _check(0.0 <= self.val_overlap < 1.0, "val_overlap must be in [0, 1)", "use e.g. 0.25")
         _check(self.device in ("auto", "cpu", "cuda"), f"device '{self.device}' is unknown",
                "use auto, cpu or cuda")
+        _check(isinstance(self.fused_kernels, bool), f"fused_kernels = {self.fused_kernels!r} must be true or false",
+               "write true or false")
         for name in ("widths", "fusion_blocks"):
             value = getattr(self, name)
             _check(value is None or len(value) == 5, f"{name} must be null or 5 integers",

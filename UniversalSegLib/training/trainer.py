@@ -283,6 +283,7 @@ def build_model(config: TrainConfig, num_tasks: int, num_modalities: int, prior_
         cfg = dataclasses.replace(cfg, fusion_blocks=tuple(config.fusion_blocks))
     if config.blocks_per_stage is not None:
         cfg = dataclasses.replace(cfg, blocks_per_stage=int(config.blocks_per_stage))
+    cfg = dataclasses.replace(cfg, fused_kernels=config.fused_kernels)
     if prior_free:
         cfg = dataclasses.replace(cfg, fusion_blocks=(0, 0, 0, 0, 0))
     return HermesNet(cfg)
