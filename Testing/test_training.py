@@ -332,6 +332,9 @@ def test_config_resolves_paths_and_rejects_unknown_keys(tmp_path: Path) -> None:
     path.write_text("datasets: [{path: synth, patch_size: [30, 32, 32]}]\n")
     with pytest.raises(InputError, match="multiples of 16"):
         load_config(path)
+    path.write_text("datasets: [{path: synth}]\nfused_kernels: 1\n")
+    with pytest.raises(InputError, match="fused_kernels"):
+        load_config(path)
 
 
 def test_bundled_configs_load() -> None:
