@@ -295,6 +295,9 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     Relative folders stay relative to the file that names them.
     """
     raw = _read_yaml(Path(path), seen=())
+    for key in FOLDER_SETTINGS:  # absolute, so logs and exported manifests name every folder alike
+        if isinstance(raw.get(key), str):
+            raw[key] = str((Path(path).parent / Path(raw[key]).expanduser()).resolve())
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_dict(raw, base_dir=Path(path).parent)
 
@@ -321,6 +324,6 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     base = _read_yaml(base_path, (*seen, path.resolve()))
     for key in FOLDER_SETTINGS:  # the base's folders are relative to the base's own file
         if isinstance(base.get(key), str):
-            base[key] = str((base_path.parent / base[key]).resolve())
+            base[key] = str((base_path.parent / Path(base[key]).expanduser()).resolve())
     base.update(raw)
     return base

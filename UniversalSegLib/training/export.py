@@ -25,17 +25,21 @@ NON_COMMERCIAL_HINTS = ("non-commercial", "noncommercial", "research use", "rese
 
 
 def _relative(value: object) -> object:
-    """Paths of this machine inside metadata become repository-relative (or just a file name)."""
+    """Paths of this machine inside metadata become repository-relative (or just a file name).
+
+    Paths beside the repository (``../shared/data``) keep their ``../`` form; others keep only their name.
+    """
     if isinstance(value, dict):
         return {k: _relative(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_relative(v) for v in value]
     if isinstance(value, str) and value.startswith("/"):
-        path = Path(value)
-        try:
-            return str(path.resolve().relative_to(REPO))
-        except ValueError:
-            return path.name
+        path = Path(value).resolve()
+        if path.is_relative_to(REPO):
+            return str(path.relative_to(REPO))
+        if path.is_relative_to(REPO.parent):
+            return str(Path("..") / path.relative_to(REPO.parent))
+        return path.name
     return value
 
 

@@ -1,0 +1,58 @@
+"""`export_model`: a shippable copy without machine paths, and a manifest that matches the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_checkpoint
+
+from UniversalSegLib.errors import CheckpointError
+from UniversalSegLib.models import load_checkpoint
+from UniversalSegLib.training.export import REPO, export_model
+from UniversalSegLib.volume import file_sha256
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _trained_checkpoint(path: Path) -> Path:
+    """A tiny checkpoint whose metadata holds the kinds of paths a training run records."""
+    build_checkpoint(path)
+    payload = torch.load(path, weights_only=True)
+    payload["metadata"] = {
+        "iterations": 7,
+        "licenses": {"a": "CC BY 4.0", "b": "research, non-commercial"},
+        "config": {"data_root": str(REPO.parent / "shared" / "data"), "output_dir": str(REPO / "runs" / "x"),
+                   "cache_dir": "/elsewhere/on/this/machine/cache"},
+        "val_dice_per_label": {"a/Liver": 0.9},
+    }
+    torch.save(payload, path)
+    return path
+
+
+def test_export_writes_weights_and_manifest_without_machine_paths(tmp_path: Path) -> None:
+    source = _trained_checkpoint(tmp_path / "best.pt")
+    out = tmp_path / "ship" / "model.pt"
+    out.parent.mkdir()
+    manifest = export_model(source, out, version="9.9.9", evaluation={"a": {"mean_dice": 0.5}})
+
+    config = manifest["training"]["config"]
+    assert config["data_root"] == "../shared/data"  # beside the repository: stays findable
+    assert config["output_dir"] == "runs/x"  # inside it: repository-relative
+    assert config["cache_dir"] == "cache"  # anywhere else: only the name
+    assert manifest["sha256"] == file_sha256(out) and manifest["bytes"] == out.stat().st_size
+    assert manifest["version"] == "9.9.9" and manifest["training"]["iterations"] == 7
+    assert manifest["usage"].startswith("research use only") and "b" in manifest["usage"]
+    assert manifest["validation"] == {"a": {"mean_dice": 0.5}}
+    assert json.loads(out.with_suffix(".json").read_text()) == manifest
+    assert load_checkpoint(out).metadata["config"]["data_root"] == "../shared/data"
+
+
+def test_export_refuses_a_file_in_another_format(tmp_path: Path) -> None:
+    bad = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(CheckpointError, match="not in UniversalSeg's checkpoint format"):
+        export_model(bad, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
