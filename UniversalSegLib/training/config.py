@@ -12,6 +12,7 @@ directory. Unknown keys are errors (a typo must not silently fall back to a defa
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,9 +296,9 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     Relative folders stay relative to the file that names them.
     """
     raw = _read_yaml(Path(path), seen=())
-    for key in FOLDER_SETTINGS:  # absolute, so logs and exported manifests name every folder alike
+    for key in FOLDER_SETTINGS:  # absolute (links kept), so logs and manifests name folders alike
         if isinstance(raw.get(key), str):
-            raw[key] = str((Path(path).parent / Path(raw[key]).expanduser()).resolve())
+            raw[key] = os.path.abspath(Path(path).parent / Path(raw[key]).expanduser())
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_dict(raw, base_dir=Path(path).parent)
 
@@ -324,6 +325,6 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     base = _read_yaml(base_path, (*seen, path.resolve()))
     for key in FOLDER_SETTINGS:  # the base's folders are relative to the base's own file
         if isinstance(base.get(key), str):
-            base[key] = str((base_path.parent / Path(base[key]).expanduser()).resolve())
+            base[key] = os.path.abspath(base_path.parent / Path(base[key]).expanduser())
     base.update(raw)
     return base

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from pathlib import Path
 
 from .. import __version__
@@ -34,7 +35,7 @@ def _relative(value: object) -> object:
     if isinstance(value, list):
         return [_relative(v) for v in value]
     if isinstance(value, str) and value.startswith("/"):
-        path = Path(value).resolve()
+        path = Path(os.path.normpath(value))  # not resolve(): a linked ../shared stays ../shared
         if path.is_relative_to(REPO):
             return str(path.relative_to(REPO))
         if path.is_relative_to(REPO.parent):
