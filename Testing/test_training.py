@@ -352,6 +352,10 @@ def test_bundled_configs_load() -> None:
     baseline = load_config(repo / "configs" / "baseline.yaml")
     assert baseline.mode == "baseline" and baseline.datasets == cfg.datasets and baseline.lr == cfg.lr
     assert baseline.output_path != cfg.output_path
+    weighted = load_config(repo / "configs" / "headneck_weighted.yaml")  # continues prior_kernels.yaml
+    assert weighted.init_path == repo / "runs" / "prior_kernels" / "best.pt" and not weighted.fused_kernels
+    assert [d.weight for d in weighted.datasets] == [2.0] + [d.weight for d in cfg.datasets[1:]]
+    assert [d.patch_size for d in weighted.datasets] == [d.patch_size for d in cfg.datasets]
     for path in sorted((repo / "configs" / "ablation").glob("*.yaml")):  # one dataset each, our cache
         ablation = load_config(path)
         assert len(ablation.datasets) == 1 and ablation.cache_path == cfg.cache_path, path.name

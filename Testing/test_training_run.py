@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 from test_training_support import tiny_config
 
@@ -61,6 +62,33 @@ def test_no_resume_starts_over(tmp_path: Path) -> None:
     train(cfg, progress=False, stop_after=1)
     train(cfg, progress=False, resume=False, stop_after=1)
     assert _state(tmp_path / "run" / "last.pt")["iteration"] == 1
+
+
+def test_init_from_starts_from_a_checkpoint_with_a_fresh_schedule(tmp_path: Path) -> None:
+    from UniversalSegLib.errors import CheckpointError
+    from UniversalSegLib.models import load_checkpoint
+
+    first = train(tiny_config(tmp_path, output_dir="first", iterations=3), progress=False)
+    start = load_checkpoint(first).model.state_dict()
+    # lr 1e-9: one AdamW step moves each weight by about 1e-11, so the weights are still those of `first`
+    train(tiny_config(tmp_path, output_dir="second", init_from=str(first), lr=1e-9, iterations=5),
+          progress=False, stop_after=1)
+    state = _state(tmp_path / "second" / "last.pt")
+    assert state["scheduler"]["last_epoch"] == 1  # the schedule starts over, the weights do not
+    for key, value in start.items():
+        assert torch.allclose(state["model"][key].float(), value.float(), atol=1e-6), key
+        assert torch.allclose(state["ema"]["state"][key].float(), value.float(), atol=1e-6), key
+    train(tiny_config(tmp_path, output_dir="fresh", lr=1e-9, iterations=5), progress=False, stop_after=1)
+    fresh = _state(tmp_path / "fresh" / "last.pt")["model"]
+    assert not all(torch.allclose(fresh[k].float(), v.float(), atol=1e-6) for k, v in start.items())
+
+    other_tasks = tiny_config(tmp_path, output_dir="other", init_from=str(first))
+    other_tasks.datasets[0].tasks = {1: "liver", 2: "kidney_left"}
+    with pytest.raises(CheckpointError, match="has tasks"):
+        train(other_tasks, progress=False, stop_after=1)
+    with pytest.raises(CheckpointError, match="another architecture"):
+        train(tiny_config(tmp_path, output_dir="wide", init_from=str(first), widths=[8, 16, 32, 32, 32]),
+              progress=False, stop_after=1)
 
 
 def test_baseline_trains_one_prior_free_model_per_dataset(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ class Task:
     group_name: str = field(default="", compare=False, repr=False)  # display name of ``group``, set by load
     refine: bool = False  # refined by default: refinement measured to help this task (benchmarks/refine_eval.py)
     refine_plane: str = "axial"  # slices a 2D refiner works on: axial, coronal or sagittal (the one measured best)
+    keep_largest: bool = False  # keep only the largest connected piece by default: one-piece anatomy, measured to help
 
     def applies_to(self, modality_id: str) -> bool:
         """Whether the task is defined for this modality id (exact: ``"MR"`` does not cover ``"MR-T2"``)."""
@@ -138,8 +139,8 @@ class Task:
         return (r / 255.0, g / 255.0, b / 255.0)
 
     def to_dict(self) -> dict:
-        """JSON-able: id, name, group (display name), group_id, modalities, color, terminology, aliases, refine
-        and refine_plane."""
+        """JSON-able: id, name, group (display name), group_id, modalities, color, terminology, aliases, refine,
+        refine_plane and keep_largest."""
         codes = {"category": self.category, "type": self.type, "modifier": self.modifier,
                  "region": self.region, "region_modifier": self.region_modifier}
         return {
@@ -147,6 +148,7 @@ class Task:
             "modalities": list(self.modalities), "color": list(self.color),
             "terminology": {k: (v.to_dict() if v else None) for k, v in codes.items()},
             "aliases": list(self.aliases), "refine": self.refine, "refine_plane": self.refine_plane,
+            "keep_largest": self.keep_largest,
         }
 
 
@@ -415,7 +417,7 @@ def _build(raw: dict, problems: list[str]) -> Catalog:
             region_modifier=_code(term.get("region_modifier"), f"{where} region_modifier", problems),
             aliases=tuple(t.get("aliases", ())), notes=t.get("notes", ""),
             group_name=groups.get(t["group"], (t["group"], ""))[0], refine=bool(t.get("refine", False)),
-            refine_plane=plane,
+            refine_plane=plane, keep_largest=bool(t.get("keep_largest", False)),
         )
         for key in (task.id, task.name, *task.aliases):
             _unique("task", task_keys, key, task.id, problems)

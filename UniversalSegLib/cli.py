@@ -2,11 +2,12 @@
 
     universalseg tasks [--modality M] [--json]
     universalseg segment IMAGE -o OUT [--modality M] [--task T ...] [--group G ...] [--model PATH]
-                         [--device cpu|cuda|auto] [--threads N] [--force] [--keep-largest]
+                         [--device cpu|cuda|auto] [--threads N] [--force] [--[no-]keep-largest]
                          [--probabilities DIR] [--window X Y Z] [--overlap F] [--batch N] [--blend gaussian|constant]
                          [--threshold F] [--preview PNG] [--quiet] [--refine] [--refine-task T ...]
     universalseg refine IMAGE (--mask COARSE | --box i0,j0,k0,i1,j1,k1) -o OUT [--modality M]  (see refine/cli.py)
-    universalseg evaluate DATASET_DIR [--model PATH] [--json OUT] [--limit N] [--split all|train|val] [--refine ...]
+    universalseg evaluate DATASET_DIR [--model PATH] [--json OUT] [--limit N] [--split all|train|val]
+                         [--[no-]keep-largest] [--refine ...]
     universalseg train CONFIG.yaml [--resume|--no-resume] [--iterations N] [--stop-after N] [--quiet]
     universalseg export CHECKPOINT -o OUT.pt [--version V] [--evaluation REPORT.json ...]
 
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     seg.add_argument("--threads", type=int, help="CPU threads for torch")
     seg.add_argument("--force", action="store_true", help="allow tasks that do not apply to the modality")
-    seg.add_argument("--keep-largest", action="store_true", help="keep only the largest component per task")
+    seg.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
+                     help="keep only the largest connected component of every task (--no-keep-largest: of none; "
+                          "default: of the tasks the catalog marks keep_largest)")
     seg.add_argument("--probabilities", metavar="DIR", help="also write one probability map per task here")
     seg.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size")
     seg.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
@@ -62,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="all", choices=["all", "train", "val"], help="cases of this split only")
     ev.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ev.add_argument("--threads", type=int, help="CPU threads for torch")
+    ev.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
+                    help="as for segment (default: the catalog's keep_largest tasks)")
     add_segment_refine_options(ev)
     add_refine_parser(sub)
 
@@ -129,6 +134,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model on a dataset folder; print the Markdown table."""
+    from .inference import InferenceOptions
     from .training.evaluate import evaluate_dataset, markdown_table, write_report
     from .volume import check_writable
 
@@ -141,7 +147,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     refining = args.refine or args.refine_task
     segment_fn = refining_segment(args, log=lambda text: print(text, file=sys.stderr)) if refining else None
     report = evaluate_dataset(args.dataset, model=args.model, limit=args.limit, split=args.split, device=args.device,
-                              segment_fn=segment_fn,
+                              segment_fn=segment_fn, options=InferenceOptions(keep_largest=args.keep_largest),
                               progress=lambda i, n, case: print(f"[{i + 1}/{n}] {case}", file=sys.stderr))
     if refining:
         report["refinement"] = {"backend": args.backend, "weights": args.weights, "mode": args.mode,

@@ -2,7 +2,7 @@
 
 Path of the data: input image -> canonical LPS grid at the model's spacing -> per-modality
 normalisation -> MONAI sliding-window inference (sigmoid per task) -> each probability map
-resampled onto the input's exact grid -> threshold, optional largest component -> label map
+resampled onto the input's exact grid -> threshold -> label map -> largest component of the chosen labels
 (values 1..N in the order of the requested tasks; overlaps go to the higher probability).
 
 >>> segmenter = Segmenter(load_checkpoint("model.pt"))  # doctest: +SKIP
@@ -30,14 +30,16 @@ Progress = Callable[[str, float], None]
 @dataclass
 class InferenceOptions:
     """Sliding-window and post-processing settings; ``window=None`` takes the patch size the model was
-    trained on for the request's group (else its default window)."""
+    trained on for the request's group (else its default window). ``keep_largest``: keep only the largest
+    connected component of every task (True), of none (False), or of the tasks the catalog marks
+    ``keep_largest`` (None, the default)."""
 
     window: tuple[int, int, int] | None = None
     overlap: float = 0.5
     batch_size: int = 1
     blend: str = "gaussian"
     threshold: float = 0.5
-    keep_largest: bool = False
+    keep_largest: bool | None = None
     probabilities: bool = False
 
     def __post_init__(self) -> None:
@@ -182,29 +184,42 @@ class Segmenter:
 
     def _to_input_grid(self, probabilities: np.ndarray, grid: sitk.Image, image: sitk.Image,
                        options: InferenceOptions, tasks: Sequence[Task]) -> tuple[sitk.Image, dict[str, sitk.Image]]:
-        from monai.transforms import KeepLargestConnectedComponent
-
         size = image.GetSize()[::-1]
         best = np.zeros(size, dtype=np.float32)
         labels = np.zeros(size, dtype=np.uint8 if len(tasks) < 256 else np.uint16)
         kept: dict[str, sitk.Image] = {}
-        largest = KeepLargestConnectedComponent(applied_labels=[1], independent=True)
         for value, (task, channel) in enumerate(zip(tasks, probabilities, strict=True), start=1):
             on_grid = sitk.GetImageFromArray(channel)
             on_grid.CopyInformation(grid)
             native = to_grid(on_grid, image, sitk.sitkLinear, default=0.0)
             prob = sitk.GetArrayFromImage(native)
-            mask = prob >= options.threshold
-            if options.keep_largest and mask.any():
-                mask = np.asarray(largest(mask[None].astype(np.uint8)))[0].astype(bool)
-            win = mask & (prob > best)
+            win = (prob >= options.threshold) & (prob > best)
             labels[win] = value
             best[win] = prob[win]
             if options.probabilities:
                 kept[task.id] = native
+        for value, task in enumerate(tasks, start=1):  # on the final map, so each kept label is one piece
+            if task.keep_largest if options.keep_largest is None else options.keep_largest:
+                mask = labels == value
+                labels[mask & ~largest_component(mask)] = 0
         out = sitk.GetImageFromArray(labels)
         out.CopyInformation(image)
         return out, kept
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean mask (MONAI's transform needs scikit-image).
+
+    >>> m = np.zeros((1, 1, 9), bool); m[0, 0, [0, 1, 2, 5, 6]] = True
+    >>> np.flatnonzero(largest_component(m)).tolist()
+    [0, 1, 2]
+    """
+    from scipy import ndimage
+
+    labelled, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    if count <= 1:
+        return mask
+    return labelled == int(np.argmax(np.bincount(labelled.ravel())[1:])) + 1
 
 
 def _window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:

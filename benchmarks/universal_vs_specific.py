@@ -5,6 +5,7 @@ Reproduce with:
         --universal UniversalSegLib/weights/universalseg-small.pt \
         --baseline runs/baseline/baseline.json          # from: universalseg train configs/baseline.yaml
         [--datasets ct_headneck_openkbp mri_hippocampus_msd ...] [--limit N] [--reports reports/]
+        [--keep-largest | --no-keep-largest]        # default: the catalog's keep_largest tasks, both sides
 
 Both sides run the same `evaluate` path (the `segment` inference on each validation case, Dice and
 HD95 over the cases where the label is present). Without --baseline only the universal column is
@@ -18,6 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
+from UniversalSegLib.inference import InferenceOptions
 from UniversalSegLib.training.evaluate import evaluate_dataset, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS)
     parser.add_argument("--limit", type=int, help="first N validation cases per dataset")
     parser.add_argument("--reports", type=Path, help="folder for the universal model's JSON reports")
+    parser.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
+                        help="largest connected component of every task / of none (default: catalog flags)")
     args = parser.parse_args()
     baselines = json.loads(args.baseline.read_text())["checkpoints"] if args.baseline else {}
     if args.reports:
@@ -40,8 +44,10 @@ def main() -> None:
     print("| dataset | label | universal Dice | task-specific Dice | universal HD95 | n |")
     print("|---|---|---|---|---|---|")
     for name in args.datasets:
-        ours = evaluate_dataset(SHARED / name, model=args.universal, split="val", limit=args.limit)
-        theirs = (evaluate_dataset(SHARED / name, model=baselines[name], split="val", limit=args.limit)
+        options = InferenceOptions(keep_largest=args.keep_largest)
+        ours = evaluate_dataset(SHARED / name, model=args.universal, split="val", limit=args.limit, options=options)
+        theirs = (evaluate_dataset(SHARED / name, model=baselines[name], split="val", limit=args.limit,
+                                   options=options)
                   if name in baselines else None)
         if args.reports:
             write_report(ours, args.reports / f"{name}.json")

@@ -20,7 +20,7 @@ from typing import Any
 from UniversalSegLib.errors import InputError
 
 MODES = ("universal", "baseline")
-FOLDER_SETTINGS = ("data_root", "cache_dir", "output_dir", "splits_dir")
+FOLDER_SETTINGS = ("data_root", "cache_dir", "output_dir", "splits_dir", "init_from")
 OPTIMIZERS = ("adamw", "lamb")
 
 
@@ -71,6 +71,10 @@ class TrainConfig:
         widths: optional override of the preset's five stage widths.
         fusion_blocks: optional override of the preset's five fusion depths.
         fused_kernels: task kernels from the fused task tokens (true, Hermes) or the unfused pool rows.
+        init_from: optional checkpoint in our format (a run's ``best.pt`` or an exported model) whose
+            weights the network and its EMA start from; the optimiser, schedule and warm-up start
+            fresh. Its tasks, modalities and architecture must match this run's. Ignored when the
+            run resumes from its own ``last.pt``.
         blocks_per_stage: optional override of the preset's residual blocks per stage.
         iterations: optimiser steps in total. Baseline mode splits them over the datasets by sampling
             weight (and the warm-up likewise), so each baseline gets the steps the universal run of
@@ -120,6 +124,7 @@ class TrainConfig:
     fusion_blocks: tuple[int, int, int, int, int] | None = None
     blocks_per_stage: int | None = None
     fused_kernels: bool = True
+    init_from: str | None = None
     iterations: int = 4000
     batch_size: int = 2
     lr: float = 2e-3
@@ -161,6 +166,10 @@ class TrainConfig:
         """Absolute folder of one dataset."""
         p = Path(spec.path).expanduser()
         return p if p.is_absolute() else (self.resolve(self.data_root) / p).resolve()
+
+    @property
+    def init_path(self) -> Path | None:
+        return self.resolve(self.init_from) if self.init_from else None
 
     @property
     def output_path(self) -> Path:
@@ -218,6 +227,8 @@ class TrainConfig:
         _check(0.0 <= self.val_overlap < 1.0, "val_overlap must be in [0, 1)", "use e.g. 0.25")
         _check(self.device in ("auto", "cpu", "cuda"), f"device '{self.device}' is unknown",
                "use auto, cpu or cuda")
+        _check(self.init_from is None or self.mode == "universal",
+               "init_from works in universal mode only", "remove init_from, or set mode: universal")
         _check(isinstance(self.fused_kernels, bool), f"fused_kernels = {self.fused_kernels!r} must be true or false",
                "write true or false")
         for name in ("widths", "fusion_blocks"):

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from ..catalog import Catalog, Task
 from ..errors import CatalogError, InputError, UniversalSegError
+from ..inference import InferenceOptions
 from ..volume import atomic_write
 from .data import Case, DatasetInfo, load_or_make_split, read_dataset
 
@@ -85,11 +86,13 @@ def evaluate_dataset(
     split: str = "all",
     device: str = "cpu",
     segment_fn: Callable | None = None,
+    options: InferenceOptions | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict:
     """Segment each selected case with the ``segment`` API and score it against its label map.
 
-    ``segment_fn`` defaults to :func:`UniversalSegLib.api.segment` (the refinement step passes its own).
+    ``segment_fn`` defaults to :func:`UniversalSegLib.api.segment` (the refinement step passes its own);
+    ``options`` are its inference options (default: the defaults of ``segment``).
     """
     from ..api import segment
 
@@ -111,7 +114,7 @@ def evaluate_dataset(
         try:
             start = time.perf_counter()
             result = segment_fn(case.image, tasks=[tasks[v].id for v in ordered], modality=modality, model=model,
-                                device=device, catalog=catalog)
+                                device=device, catalog=catalog, options=options)
             seconds.append(time.perf_counter() - start)
             truth_image = sitk.ReadImage(str(case.label))
             if truth_image.GetSize() != result.labels.GetSize():
@@ -140,6 +143,7 @@ def evaluate_dataset(
     scored = [v["dice"] for v in labels.values() if v["n"]]
     return {
         "dataset": info.name, "split": split, "model": str(model or "bundled"), "modality": modality,
+        "keep_largest": "catalog" if options is None or options.keep_largest is None else options.keep_largest,
         "labels": labels, "mean_dice": float(np.mean(scored)) if scored else float("nan"),
         "seconds_per_case": float(np.mean(seconds)) if seconds else float("nan"),
         "distance_unit": "voxel" if info.spacing_unknown else "mm",

@@ -572,8 +572,11 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
         _set_rng_state(state["rng"])
         start, best, elapsed = int(state["iteration"]), float(state["best"]), float(state["elapsed_seconds"])
         log.info("resuming from %s at iteration %d", last_path, start)
-    elif dist.main and not resume and last_path.is_file():
-        log.info("not resuming: %s will be replaced", last_path)
+    else:
+        if dist.main and last_path.is_file():
+            log.info("not resuming: %s will be replaced", last_path)
+        if config.init_path is not None:
+            _start_from(config.init_path, model, ema, pool)
 
     data = IterationSamples(runs, pool, sampler, config.batch_size, dist.rank, config.augment,
                             0.0 if prior_free else config.generic_modality_prob, config.iterations)
@@ -652,6 +655,29 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
                                     elapsed, inference, meta_common, catalog, best_path, force=True)
     dist.barrier()
     return best_path
+
+
+def _start_from(path: Path, model: torch.nn.Module, ema: EMA, pool: TaskPool) -> None:
+    """Load the weights of checkpoint ``path`` into ``model`` and its EMA (``init_from``)."""
+    from UniversalSegLib.models import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    if loaded.source_format != "universalseg":
+        raise CheckpointError(f"init_from {path} is not a UniversalSeg checkpoint",
+                              "give a run's best.pt or a model written by 'universalseg export'")
+    for what, theirs, ours in (("tasks", loaded.task_ids, pool.task_ids),
+                               ("modalities", loaded.modality_ids, pool.modality_ids)):
+        if list(theirs) != list(ours):
+            raise CheckpointError(f"init_from {path} has {what} {list(theirs)}, this run needs {list(ours)}",
+                                  "train with the same datasets (and task overrides) as the run that wrote it")
+    theirs, ours = loaded.model.config.to_dict(), model.config.to_dict()
+    if theirs != ours:
+        differ = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
+        raise CheckpointError(f"init_from {path} has another architecture (theirs, ours: {differ})",
+                              "use the preset, widths, fusion_blocks and fused_kernels it was trained with")
+    model.load_state_dict(loaded.model.state_dict())
+    ema.module.load_state_dict(model.state_dict())
+    log.info("starting from the weights of %s", path)
 
 
 def _validate_and_export(config: TrainConfig, runs: list[DatasetRun], pool: TaskPool, model: torch.nn.Module,
