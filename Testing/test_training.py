@@ -356,6 +356,9 @@ def test_bundled_configs_load() -> None:
     assert weighted.init_path == repo / "runs" / "prior_kernels" / "best.pt" and not weighted.fused_kernels
     assert [d.weight for d in weighted.datasets] == [2.0] + [d.weight for d in cfg.datasets[1:]]
     assert [d.patch_size for d in weighted.datasets] == [d.patch_size for d in cfg.datasets]
+    atrium = load_config(repo / "configs" / "atrium_weighted.yaml")  # continues headneck_weighted.yaml
+    assert atrium.init_path == weighted.output_path / "best.pt" and atrium.output_path != weighted.output_path
+    assert [d.weight for d in atrium.datasets] == [2.0, 0.7, 0.8, 1.2, 0.15]
     for path in sorted((repo / "configs" / "ablation").glob("*.yaml")):  # one dataset each, our cache
         ablation = load_config(path)
         assert len(ablation.datasets) == 1 and ablation.cache_path == cfg.cache_path, path.name
