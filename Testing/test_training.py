@@ -339,6 +339,7 @@ def test_config_resolves_paths_and_rejects_unknown_keys(tmp_path: Path) -> None:
 
 def test_bundled_configs_load() -> None:
     from UniversalSegLib.training.config import load_config
+    from UniversalSegLib.training.trainer import baseline_iterations
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "configs" / "default.yaml")
@@ -359,6 +360,14 @@ def test_bundled_configs_load() -> None:
     atrium = load_config(repo / "configs" / "atrium_weighted.yaml")  # continues headneck_weighted.yaml
     assert atrium.init_path == weighted.output_path / "best.pt" and atrium.output_path != weighted.output_path
     assert [d.weight for d in atrium.datasets] == [2.0, 0.7, 0.8, 1.2, 0.15]
+    equal = load_config(repo / "configs" / "baseline_equal.yaml")  # the steps 0.5.1 spent on each dataset
+    steps = {d.name: 0.0 for d in cfg.datasets}
+    for stage, iterations in ((cfg, 4500), (weighted, 2000), (atrium, 1500)):
+        total = sum(d.weight for d in stage.datasets)
+        for d in stage.datasets:
+            steps[d.name] += iterations * d.weight / total
+    assert equal.mode == "baseline" and [d.patch_size for d in equal.datasets] == [d.patch_size for d in cfg.datasets]
+    assert baseline_iterations(equal) == {name: round(n) for name, n in steps.items()}
     for path in sorted((repo / "configs" / "ablation").glob("*.yaml")):  # one dataset each, our cache
         ablation = load_config(path)
         assert len(ablation.datasets) == 1 and ablation.cache_path == cfg.cache_path, path.name
