@@ -56,3 +56,23 @@ def test_export_refuses_a_file_in_another_format(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not in UniversalSeg's checkpoint format"):
         export_model(bad, tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_export_records_the_runs_a_run_started_from(tmp_path: Path) -> None:
+    first = _trained_checkpoint(tmp_path / "first.pt")
+    second = _trained_checkpoint(tmp_path / "second.pt")
+    for path, start, iterations in ((first, None, 7), (second, str(first), 5)):
+        payload = torch.load(path, weights_only=True)
+        payload["metadata"].update(iterations=iterations, training_seconds=10.0 * iterations)
+        payload["metadata"]["config"].update(init_from=start, datasets=[{"path": "/d/ct_set", "weight": iterations}])
+        torch.save(payload, path)
+    manifest = export_model(second, tmp_path / "model.pt")
+    training = manifest["training"]
+    assert training["earlier_stages"] == [{
+        "checkpoint": "first.pt", "sha256": file_sha256(first), "iterations": 7, "seconds": 70.0,
+        "dataset_weights": {"ct_set": 7}, "date": None}]
+    assert training["iterations_total"] == 12 and training["seconds_total"] == 120.0
+
+    first.unlink()  # a chain whose start is gone is recorded as such, not guessed
+    assert export_model(second, tmp_path / "again.pt")["training"]["earlier_stages"] == [
+        {"checkpoint": "first.pt", "found": False}]

@@ -3,7 +3,8 @@
 The manifest (``<name>.json`` beside the weights) records what a user or reviewer needs to trust
 the file: version, SHA-256, training data with split files, case counts and licences, the usage
 the licences allow, model and training configuration, iterations, training time, and validation
-Dice per label.
+Dice per label. A run that started from another checkpoint (``init_from``) is recorded with the
+chain of runs before it (``training.earlier_stages``, oldest first) and the totals over all of them.
 
 >>> manifest = export_model("runs/default/best.pt", "UniversalSegLib/weights/universalseg-small.pt")  # doctest: +SKIP
 >>> manifest["sha256"][:8]  # doctest: +SKIP
@@ -44,6 +45,27 @@ def _relative(value: object) -> object:
     return value
 
 
+def _earlier_stages(metadata: dict, limit: int = 20) -> list[dict]:
+    """The runs a checkpoint's run started from (``config.init_from``, followed back), oldest first."""
+    import torch
+
+    stages: list[dict] = []
+    source = (metadata.get("config") or {}).get("init_from")
+    while source and len(stages) < limit:
+        stage: dict = {"checkpoint": _relative(source)}
+        try:
+            earlier = torch.load(source, map_location="cpu", weights_only=True).get("metadata", {})
+        except (OSError, RuntimeError, AttributeError):
+            stages.append({**stage, "found": False})
+            break
+        weights = {Path(d["path"]).name: d.get("weight") for d in (earlier.get("config") or {}).get("datasets", [])}
+        stages.append({**stage, "sha256": file_sha256(source), "iterations": earlier.get("iterations"),
+                       "seconds": earlier.get("training_seconds"), "dataset_weights": weights,
+                       "date": earlier.get("date")})
+        source = (earlier.get("config") or {}).get("init_from")
+    return stages[::-1]
+
+
 def usage_terms(licences: dict[str, str]) -> str:
     """"research use only" when any training set's licence restricts use, else "see licences"."""
     restricted = sorted(name for name, text in licences.items() if any(h in text.lower() for h in NON_COMMERCIAL_HINTS))
@@ -70,6 +92,7 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
     if not isinstance(payload, dict) or payload.get("format") != "universalseg-hermes":
         raise CheckpointError(f"'{checkpoint}' is not in UniversalSeg's checkpoint format",
                               "export the best.pt a training run wrote")
+    stages = _earlier_stages(payload.get("metadata", {}))
     metadata = _relative(payload.get("metadata", {}))
     payload["metadata"] = metadata
     output = Path(output)
@@ -99,6 +122,10 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
             "seconds": metadata.get("training_seconds"),
             "weights": metadata.get("weights"),
             "config": metadata.get("config"),
+            "earlier_stages": stages,
+            "iterations_total": sum(st.get("iterations") or 0 for st in stages) + (metadata.get("iterations") or 0),
+            "seconds_total": round(sum(st.get("seconds") or 0 for st in stages)
+                                   + (metadata.get("training_seconds") or 0), 1),
         },
         "validation_during_training": {
             "dice_per_label": metadata.get("val_dice_per_label"),
