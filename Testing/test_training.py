@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -343,6 +344,10 @@ def test_bundled_configs_load() -> None:
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "configs" / "default.yaml")
+    import yaml
+
+    documented = set(yaml.safe_load((repo / "configs" / "default.yaml").read_text()))
+    assert {f.name for f in dataclasses.fields(cfg)} - {"base_dir"} <= documented  # every setting, commented
     names = [d.name for d in cfg.datasets]
     assert names[:3] == ["ct_headneck_openkbp", "mri_hippocampus_msd", "mri_cardiac_acdc"]
     acdc = cfg.datasets[names.index("mri_cardiac_acdc")]
