@@ -9,8 +9,12 @@ Reproduce with:
 
 Both sides run the same `evaluate` path (the `segment` inference on each validation case, Dice and
 HD95 over the cases where the label is present). Without --baseline only the universal column is
-filled. With --reports the universal model's per-dataset JSON reports are written there, ready for
-`universalseg export --evaluation reports/*.json`.
+filled. --baseline also takes a baseline run's folder (e.g. runs/baseline_equal), whose finished
+datasets (`baseline/<dataset>/best.pt`) are compared while the others still train.
+With --reports the universal model's per-dataset JSON reports are written there, ready for
+`universalseg export --evaluation reports/*.json`; --universal-reports reads them back instead of
+evaluating the universal model again (they must match --limit, --split and --keep-largest).
+--baseline-reports writes the baselines' reports.
 """
 
 from __future__ import annotations
@@ -28,34 +32,90 @@ DEFAULT_DATASETS = ["ct_headneck_openkbp", "mri_hippocampus_msd", "mri_cardiac_a
                     "mri_braintumor_brats2015"]
 
 
+def baseline_checkpoints(path: Path) -> dict[str, Path]:
+    """Dataset name -> baseline checkpoint, from a ``baseline.json`` or a baseline run's output folder.
+
+    A folder gives its ``baseline.json`` when the run finished, else each ``baseline/<dataset>/best.pt``
+    that exists (a dataset whose baseline is still training has none yet).
+    """
+    if path.is_dir() and not (path / "baseline.json").is_file():
+        return {best.parent.name: best for best in sorted((path / "baseline").glob("*/best.pt"))}
+    manifest = path / "baseline.json" if path.is_dir() else path
+    if not manifest.is_file():
+        raise SystemExit(f"error: no baseline manifest at {manifest}. What to do: pass the baseline.json or the "
+                         "output folder of a `mode: baseline` training run")
+    return {name: Path(p) for name, p in json.loads(manifest.read_text())["checkpoints"].items()}
+
+
+def read_universal_report(folder: Path, name: str, split: str, limit: int | None,
+                          keep_largest: bool | None) -> dict:
+    """The report ``--reports`` wrote for ``name``, checked against this run's split, limit and keep_largest."""
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"error: no universal report {path}. What to do: run once with --reports {folder}")
+    report = json.loads(path.read_text())
+    wanted = {"split": split, "keep_largest": "catalog" if keep_largest is None else keep_largest}
+    for key, value in wanted.items():
+        if report.get(key) != value:
+            raise SystemExit(f"error: {path} has {key} = {report.get(key)!r}, this run asks for {value!r}. "
+                             "What to do: evaluate again (--reports) with these settings")
+    recorded = report.get("limit", len(report["cases"]))  # older reports lack "limit": count their cases
+    if recorded != limit:
+        raise SystemExit(f"error: {path} was made with --limit {recorded}, this run asks for --limit {limit}. "
+                         "What to do: evaluate again (--reports) with this limit")
+    return report
+
+
+def table_rows(name: str, ours: dict, theirs: dict | None) -> list[str]:
+    """Markdown rows of one dataset: one per label, then the means in bold."""
+    rows = []
+    for label, value in ours["labels"].items():
+        other = f"{theirs['labels'][label]['dice']:.3f}" if theirs else "-"
+        rows.append(f"| {name} | {label} | {value['dice']:.3f} | {other} | {value['hd95']:.2f} | {value['n']} |")
+    other = f"**{theirs['mean_dice']:.3f}**" if theirs else "-"
+    rows.append(f"| {name} | **mean** | **{ours['mean_dice']:.3f}** | {other} | | |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--universal", type=Path, default=None, help="universal checkpoint (default: bundled)")
-    parser.add_argument("--baseline", type=Path, help="baseline.json of a `mode: baseline` training run")
+    parser.add_argument("--baseline", type=Path,
+                        help="baseline.json or output folder of a `mode: baseline` training run")
     parser.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS)
+    parser.add_argument("--data-root", type=Path, default=SHARED, help="folder holding the datasets")
+    parser.add_argument("--split", default="val", help="val, train or all (default: val)")
     parser.add_argument("--limit", type=int, help="first N validation cases per dataset")
     parser.add_argument("--reports", type=Path, help="folder for the universal model's JSON reports")
+    parser.add_argument("--universal-reports", type=Path,
+                        help="read the universal side from the reports an earlier --reports run wrote here")
+    parser.add_argument("--baseline-reports", type=Path, help="folder for the baselines' JSON reports")
     parser.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
                         help="largest connected component of every task / of none (default: catalog flags)")
     args = parser.parse_args()
-    baselines = json.loads(args.baseline.read_text())["checkpoints"] if args.baseline else {}
-    if args.reports:
-        args.reports.mkdir(parents=True, exist_ok=True)
+    baselines = baseline_checkpoints(args.baseline) if args.baseline else {}
+    for folder in (args.reports, args.baseline_reports):
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
+    options = InferenceOptions(keep_largest=args.keep_largest)
+
+    def evaluate(name: str, model: Path | None) -> dict:
+        return evaluate_dataset(args.data_root / name, model=model, split=args.split, limit=args.limit,
+                                options=options)
+
     print("| dataset | label | universal Dice | task-specific Dice | universal HD95 | n |")
     print("|---|---|---|---|---|---|")
     for name in args.datasets:
-        options = InferenceOptions(keep_largest=args.keep_largest)
-        ours = evaluate_dataset(SHARED / name, model=args.universal, split="val", limit=args.limit, options=options)
-        theirs = (evaluate_dataset(SHARED / name, model=baselines[name], split="val", limit=args.limit,
-                                   options=options)
-                  if name in baselines else None)
+        if args.universal_reports:
+            ours = read_universal_report(args.universal_reports, name, args.split, args.limit, args.keep_largest)
+        else:
+            ours = evaluate(name, args.universal)
+        theirs = evaluate(name, baselines[name]) if name in baselines else None
         if args.reports:
             write_report(ours, args.reports / f"{name}.json")
-        for label, value in ours["labels"].items():
-            other = f"{theirs['labels'][label]['dice']:.3f}" if theirs else "-"
-            print(f"| {name} | {label} | {value['dice']:.3f} | {other} | {value['hd95']:.2f} | {value['n']} |")
-        other = f"**{theirs['mean_dice']:.3f}**" if theirs else "-"
-        print(f"| {name} | **mean** | **{ours['mean_dice']:.3f}** | {other} | | |")
+        if args.baseline_reports and theirs:
+            write_report(theirs, args.baseline_reports / f"{name}.json")
+        print("\n".join(table_rows(name, ours, theirs)), flush=True)
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def evaluate_dataset(
     }
     scored = [v["dice"] for v in labels.values() if v["n"]]
     return {
-        "dataset": info.name, "split": split, "model": str(model or "bundled"), "modality": modality,
+        "dataset": info.name, "split": split, "limit": limit, "model": str(model or "bundled"), "modality": modality,
         "keep_largest": "catalog" if options is None or options.keep_largest is None else options.keep_largest,
         "labels": labels, "mean_dice": float(np.mean(scored)) if scored else float("nan"),
         "seconds_per_case": float(np.mean(seconds)) if seconds else float("nan"),

@@ -1,0 +1,70 @@
+"""``benchmarks/universal_vs_specific.py``: baselines from a run folder, reports written and read back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, build_checkpoint
+from test_evaluate import make_dataset
+
+SCRIPT = REPO / "benchmarks" / "universal_vs_specific.py"
+
+
+def run_script(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+def mean_row(stdout: str, name: str) -> list[str]:
+    """Cells of the bold mean row of dataset ``name``."""
+    rows = [line for line in stdout.splitlines() if line.startswith(f"| {name} | **mean**")]
+    assert len(rows) == 1, stdout
+    return [cell.strip() for cell in rows[0].strip("|").split("|")]
+
+
+def test_compare_with_partial_baseline_run_and_reuse_reports(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    data = tmp_path / "data"
+    make_dataset(data / "hippo")
+    make_dataset(data / "other")
+    run = tmp_path / "runs" / "baseline_equal"  # a baseline run still training: only "hippo" is finished
+    (run / "baseline" / "hippo").mkdir(parents=True)
+    (run / "baseline" / "other").mkdir()
+    build_checkpoint(run / "baseline" / "hippo" / "best.pt", seed=1)
+    common = ["--datasets", "hippo", "other", "--data-root", data, "--split", "all", "--limit", 2]
+
+    first = run_script("--universal", tiny_checkpoint, "--baseline", run, *common,
+                       "--reports", tmp_path / "ours", "--baseline-reports", tmp_path / "theirs")
+    assert first.returncode == 0, first.stderr
+    hippo, other = mean_row(first.stdout, "hippo"), mean_row(first.stdout, "other")
+    assert hippo[3].startswith("**") and other[3] == "-"  # baseline column only where a best.pt exists
+    theirs = json.loads((tmp_path / "theirs" / "hippo.json").read_text())
+    assert theirs["model"] == str(run / "baseline" / "hippo" / "best.pt")
+    assert not (tmp_path / "theirs" / "other.json").exists()
+    ours = json.loads((tmp_path / "ours" / "hippo.json").read_text())
+    assert f"**{ours['mean_dice']:.3f}**" == hippo[2] and ours["limit"] == 2
+
+    again = run_script("--universal-reports", tmp_path / "ours", *common)  # no baseline, no re-evaluation
+    assert again.returncode == 0, again.stderr
+    assert mean_row(again.stdout, "hippo")[2] == hippo[2] and mean_row(again.stdout, "other")[2] == other[2]
+
+    wrong = run_script("--universal-reports", tmp_path / "ours", *common, "--no-keep-largest")
+    assert wrong.returncode != 0 and "keep_largest" in wrong.stderr and "--reports" in wrong.stderr
+    fewer = run_script("--universal-reports", tmp_path / "ours", *common[:-2], "--limit", 1)
+    assert fewer.returncode != 0 and "--limit 1" in fewer.stderr
+
+
+def test_finished_run_uses_its_manifest(tmp_path: Path) -> None:
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("universal_vs_specific", SCRIPT)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "baseline" / "a").mkdir(parents=True)
+    (tmp_path / "baseline" / "a" / "best.pt").write_bytes(b"")
+    assert module.baseline_checkpoints(tmp_path) == {"a": tmp_path / "baseline" / "a" / "best.pt"}
+    (tmp_path / "baseline.json").write_text(json.dumps({"checkpoints": {"a": "x/a.pt", "b": "x/b.pt"}}))
+    assert module.baseline_checkpoints(tmp_path) == {"a": Path("x/a.pt"), "b": Path("x/b.pt")}
+    assert module.baseline_checkpoints(tmp_path / "baseline.json") == module.baseline_checkpoints(tmp_path)
