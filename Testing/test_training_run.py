@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from test_training_support import tiny_config
 
 from UniversalSegLib.catalog import Catalog
@@ -104,6 +105,25 @@ def test_baseline_trains_one_prior_free_model_per_dataset(tmp_path: Path) -> Non
     assert ct.task_ids == ["liver", "spleen"] and ct.modality_ids == ["CT"]
     assert ct.model.config.fusion_blocks == (0, 0, 0, 0, 0)
     assert ct.metadata["mode"] == "baseline"
+
+
+def test_baseline_only_shares_one_run_between_processes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from UniversalSegLib.errors import InputError
+    from UniversalSegLib.training.trainer import main_train
+
+    assert main_train([str(REPO / "configs" / "default.yaml"), "--only", "x"]) == 2  # a universal config
+    assert "--only applies to baseline mode" in capsys.readouterr().err
+
+    cfg = tiny_config(tmp_path, mode="baseline", iterations=4)
+    with pytest.raises(InputError, match="synth_us"):
+        train(cfg, progress=False, only=["synth_us"])
+    first = json.loads(train(cfg, progress=False, only=["synth_mr"]).read_text())
+    assert set(first["checkpoints"]) == {"synth_mr"}  # synth_ct was left to another process
+    assert not (tmp_path / "run" / "baseline" / "synth_ct").exists()
+    assert _state(tmp_path / "run" / "baseline" / "synth_mr" / "last.pt")["iteration"] == 2  # steps of the whole run
+    second = json.loads(train(cfg, progress=False, only=["synth_ct"]).read_text())
+    assert set(second["checkpoints"]) == {"synth_ct", "synth_mr"}  # the finished one is listed too
+    assert second["iterations_per_dataset"] == {"synth_ct": 2, "synth_mr": 2}
 
 
 def _free_port() -> int:

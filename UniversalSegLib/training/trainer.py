@@ -488,14 +488,16 @@ class RunLog:
 
 # ------------------------------------------------------------------------------------------ training
 def train(config: TrainConfig, progress: bool = True, *, resume: bool = True, catalog: Any = None,
-          stop_after: int | None = None) -> Path:
+          stop_after: int | None = None, only: Sequence[str] | None = None) -> Path:
     """Run the training ``config`` describes and return the path of the best checkpoint.
 
     ``resume``: continue from ``<output_dir>/last.pt`` when it exists (False starts over and
     replaces it). ``catalog``: a :class:`~UniversalSegLib.catalog.Catalog` (default: the bundled one).
     ``stop_after``: leave after this iteration (``last.pt`` written; the schedule still assumes
     ``config.iterations``), to split a run into sessions; ``best.pt`` may then not exist yet.
-    Baseline mode returns ``<output_dir>/baseline.json`` (one checkpoint per dataset).
+    Baseline mode returns ``<output_dir>/baseline.json`` (one checkpoint per dataset). ``only``: in
+    baseline mode, train just these datasets (their steps still computed from the whole config), so
+    several processes or machines share one baseline run; the manifest lists every finished dataset.
     """
     if catalog is None:
         from UniversalSegLib.catalog import Catalog
@@ -506,7 +508,16 @@ def train(config: TrainConfig, progress: bool = True, *, resume: bool = True, ca
     if config.mode == "universal":
         return _train_one(config, catalog, dist, progress, resume, prior_free=False, stop_after=stop_after)
     results, steps = {}, baseline_iterations(config)
+    unknown = sorted(set(only or ()) - set(steps))
+    if unknown:
+        raise InputError(f"--only names datasets {unknown} that the config does not train",
+                          f"use some of: {', '.join(steps)}")
     for spec in config.datasets:
+        if only and spec.name not in only:
+            best = config.output_path / "baseline" / spec.name / "best.pt"
+            if best.is_file():
+                results[spec.name] = str(best)
+            continue
         warmup = round(config.warmup_iterations * steps[spec.name] / config.iterations)
         sub = dataclasses.replace(config, datasets=[spec], output_dir=str(config.output_path / "baseline" / spec.name),
                                   iterations=steps[spec.name], warmup_iterations=warmup,
@@ -767,6 +778,8 @@ def build_train_parser(parser: argparse.ArgumentParser | None = None) -> argpars
     parser.add_argument("--threads", type=int, help="override the config's torch CPU threads per process")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="leave after iteration N (last.pt written); rerun to continue")
+    parser.add_argument("--only", nargs="+", metavar="DATASET",
+                        help="baseline mode: train only these datasets' baselines (to run several at once)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -783,7 +796,10 @@ def main_train(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         config = load_config(args.config, iterations=args.iterations, threads=args.threads)
-        best = train(config, progress=not args.quiet, resume=args.resume, stop_after=args.stop_after)
+        if args.only and config.mode != "baseline":
+            raise InputError("--only applies to baseline mode", "leave it out, or set mode: baseline")
+        best = train(config, progress=not args.quiet, resume=args.resume, stop_after=args.stop_after,
+                     only=args.only)
     except UniversalSegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
