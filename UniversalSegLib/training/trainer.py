@@ -340,7 +340,7 @@ def validate(model: torch.nn.Module, runs: list[DatasetRun], pool: TaskPool, cas
                 return model(x, tasks.expand(n, -1), mod.expand(n)).logits.float()
 
             logits = sliding_window_inference(image, roi, 1, predictor, overlap=overlap, mode="gaussian",
-                                              padding_mode="replicate")
+                                              padding_mode="constant", cval=case.pad_value)  # as the crops
             pred = torch.as_tensor(logits)[0] > 0
             for j, (_, value) in enumerate(queries):
                 truth = label == value
