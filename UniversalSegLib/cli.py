@@ -178,7 +178,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     reports = {}
     for path in args.evaluation:
         report = json.loads(open(path, encoding="utf-8").read())
-        reports[report["dataset"]] = {k: report[k] for k in ("split", "labels", "mean_dice", "seconds_per_case")}
+        keys = ("split", "limit", "keep_largest", "labels", "mean_dice", "seconds_per_case")
+        reports[report["dataset"]] = {k: report[k] for k in keys if k in report}
     manifest = export_model(args.checkpoint, args.output, args.version or __version__, reports)
     print(f"wrote {args.output} (sha256 {manifest['sha256']}) and its manifest; usage: {manifest['usage']}")
     return 0
