@@ -499,6 +499,8 @@ def train(config: TrainConfig, progress: bool = True, *, resume: bool = True, ca
     baseline mode, train just these datasets (their steps still computed from the whole config), so
     several processes or machines share one baseline run; the manifest lists every finished dataset.
     """
+    if only and config.mode != "baseline":
+        raise InputError("--only applies to baseline mode", "leave it out, or set mode: baseline")
     if catalog is None:
         from UniversalSegLib.catalog import Catalog
 
@@ -796,8 +798,6 @@ def main_train(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         config = load_config(args.config, iterations=args.iterations, threads=args.threads)
-        if args.only and config.mode != "baseline":
-            raise InputError("--only applies to baseline mode", "leave it out, or set mode: baseline")
         best = train(config, progress=not args.quiet, resume=args.resume, stop_after=args.stop_after,
                      only=args.only)
     except UniversalSegError as err:
