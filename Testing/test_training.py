@@ -177,6 +177,18 @@ def test_sampler_skips_datasets_without_cases() -> None:
     assert {d for i in range(100) for d, _, _ in sampler.draw(i, 2)} == {0}
 
 
+def test_sampler_one_dataset_per_step_keeps_weights_across_steps() -> None:
+    sampler = MixedSampler([3.0, 1.0], [10, 20], seed=2, one_dataset_per_step=True)
+    steps = [sampler.draw(it, 2) for it in range(3000)]
+    assert all(len({d for d, _, _ in step}) == 1 for step in steps)  # one dataset, one batched forward
+    assert any(step[0][1] != step[1][1] for step in steps)  # cases still drawn per sample
+    share = np.mean([step[0][0] == 0 for step in steps])
+    assert abs(share - 0.75) < 0.03
+    mixed = MixedSampler([3.0, 1.0], [10, 20], seed=2)
+    assert any(len({d for d, _, _ in mixed.draw(it, 2)}) == 2 for it in range(50))
+    assert sampler.state_dict()["one_dataset_per_step"] and not mixed.state_dict()["one_dataset_per_step"]
+
+
 # ------------------------------------------------------------------------------------------ splits
 
 

@@ -20,11 +20,12 @@ def _state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_run_writes_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("one_dataset_per_step", [False, True])
+def test_run_writes_checkpoints_and_resumes_exactly(tmp_path: Path, one_dataset_per_step: bool) -> None:
     catalog = Catalog.load()
-    full = tiny_config(tmp_path, output_dir="full", val_every=4)
+    full = tiny_config(tmp_path, output_dir="full", val_every=4, one_dataset_per_step=one_dataset_per_step)
     best = train(full, progress=False, catalog=catalog)
-    split = tiny_config(tmp_path, output_dir="split", val_every=4)
+    split = tiny_config(tmp_path, output_dir="split", val_every=4, one_dataset_per_step=one_dataset_per_step)
     train(split, progress=False, catalog=catalog, stop_after=2)
     assert not (tmp_path / "split" / "best.pt").exists()
     mid = _state(tmp_path / "split" / "last.pt")

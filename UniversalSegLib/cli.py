@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--probabilities", metavar="DIR", help="also write one probability map per task here")
     seg.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size")
     seg.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
-    seg.add_argument("--batch", type=int, default=1, help="windows per forward pass")
+    seg.add_argument("--batch", type=int, default=2, help="windows per forward pass (default 2)")
     seg.add_argument("--blend", default="gaussian", choices=["gaussian", "constant"], help="window weighting")
     seg.add_argument("--threshold", type=float, default=0.5, help="probability threshold per task")
     seg.add_argument("--preview", metavar="PNG", help="also write three orthogonal slices with the overlay")

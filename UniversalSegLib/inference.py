@@ -36,7 +36,7 @@ class InferenceOptions:
 
     window: tuple[int, int, int] | None = None
     overlap: float = 0.5
-    batch_size: int = 1
+    batch_size: int = 2  # windows per forward pass; on CPU one alone takes a slow convolution path
     blend: str = "gaussian"
     threshold: float = 0.5
     keep_largest: bool | None = None

@@ -81,6 +81,9 @@ class TrainConfig:
             the same config spends on its dataset.
         batch_size: samples per optimiser step and process (gradients are accumulated over
             sub-batches of equal patch size).
+        one_dataset_per_step: draw all samples of a step from one dataset (weighted choice per step), so
+            the step is a single batched forward pass; on CPU a pair costs about what one sample alone
+            does (see :mod:`UniversalSegLib.training.sampler`).
         lr: peak learning rate (reached after the warm-up).
         weight_decay: decoupled weight decay.
         optimizer: "adamw" or "lamb".
@@ -127,6 +130,7 @@ class TrainConfig:
     init_from: str | None = None
     iterations: int = 4000
     batch_size: int = 2
+    one_dataset_per_step: bool = False
     lr: float = 2e-3
     weight_decay: float = 1e-5
     optimizer: str = "lamb"

@@ -10,9 +10,11 @@
   in its case (``present_labels``), padded with the null token to the longest list; padded channels
   get mask 0, so an unannotated task is never trained towards background.
 
-Samples of different patch sizes go through separate forward passes whose gradients add up: on CPU
-a batched forward costs the same per sample as single ones (no parallel hardware to fill), and
-InstanceNorm makes the two numerically equivalent, so grouping by patch size is the cheapest exact way.
+Samples of different patch sizes go through separate forward passes whose gradients add up (InstanceNorm
+makes that numerically equivalent to one batch). On CPU a batch of one is the slow case: PyTorch then
+picks its naive 3D convolution for thin inputs (ACDC's 16 slices: 0.97 s per sample alone, 0.26 s in a
+pair), so ``one_dataset_per_step`` draws every sample of a step from one dataset and the step is one
+forward pass; the datasets still mix across steps in proportion to their weights.
 
 >>> pool = TaskPool.build({"a": {1: "liver", 2: "spleen"}, "b": {1: "spleen"}}, {"a": "CT", "b": "MR-T1"})
 >>> pool.task_ids, pool.rows("b", present=[1])
@@ -68,9 +70,13 @@ class TaskPool:
 
 
 class MixedSampler:
-    """Weighted choice of dataset, then uniform choice of case, per sample; stateless given the iteration."""
+    """Weighted choice of dataset, then uniform choice of case, per sample; stateless given the iteration.
 
-    def __init__(self, weights: Sequence[float], case_counts: Sequence[int], seed: int = 0) -> None:
+    With ``one_dataset_per_step`` the dataset is drawn once per iteration (and rank) for all its samples.
+    """
+
+    def __init__(self, weights: Sequence[float], case_counts: Sequence[int], seed: int = 0,
+                 one_dataset_per_step: bool = False) -> None:
         if len(weights) != len(case_counts) or not weights:
             raise ValueError("one weight and one case count per dataset are needed")
         w = np.asarray(weights, dtype=np.float64) * (np.asarray(case_counts) > 0)
@@ -79,11 +85,15 @@ class MixedSampler:
         self.probabilities = w / w.sum()
         self.case_counts = [int(c) for c in case_counts]
         self.seed = int(seed)
+        self.one_dataset_per_step = bool(one_dataset_per_step)
 
     def draw(self, iteration: int, batch_size: int, rank: int = 0) -> list[tuple[int, int, int]]:
         """``batch_size`` tuples ``(dataset index, case index, augmentation seed)`` for this iteration and rank."""
         rng = np.random.default_rng([self.seed, int(rank), int(iteration)])
-        datasets = rng.choice(len(self.probabilities), size=batch_size, p=self.probabilities)
+        datasets = rng.choice(len(self.probabilities), size=1 if self.one_dataset_per_step else batch_size,
+                              p=self.probabilities)
+        if self.one_dataset_per_step:
+            datasets = np.repeat(datasets, batch_size)
         out = []
         for d in datasets:
             case = int(rng.integers(self.case_counts[d]))
@@ -92,7 +102,8 @@ class MixedSampler:
 
     def state_dict(self) -> dict:
         """What defines the draws (they depend on nothing else but the iteration)."""
-        return {"seed": self.seed, "probabilities": self.probabilities.tolist(), "case_counts": self.case_counts}
+        return {"seed": self.seed, "probabilities": self.probabilities.tolist(), "case_counts": self.case_counts,
+                "one_dataset_per_step": self.one_dataset_per_step}
 
 
 @dataclass

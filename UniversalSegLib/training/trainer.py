@@ -339,7 +339,8 @@ def validate(model: torch.nn.Module, runs: list[DatasetRun], pool: TaskPool, cas
                 n = x.shape[0]
                 return model(x, tasks.expand(n, -1), mod.expand(n)).logits.float()
 
-            logits = sliding_window_inference(image, roi, 1, predictor, overlap=overlap, mode="gaussian",
+            # windows in pairs: a batch of one takes PyTorch's slow CPU convolution (training.sampler)
+            logits = sliding_window_inference(image, roi, 2, predictor, overlap=overlap, mode="gaussian",
                                               padding_mode="constant", cval=case.pad_value)  # as the crops
             pred = torch.as_tensor(logits)[0] > 0
             for j, (_, value) in enumerate(queries):
@@ -563,11 +564,14 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
     if dist.world > 1:
         for p in model.state_dict().values():
             torch.distributed.broadcast(p, 0)
+    elif dist.device.type == "cpu":  # same results; oneDNN convolutions, 1.2-1.4x faster steps on 2 threads
+        model = model.to(memory_format=torch.channels_last_3d)
     ema = EMA(model, config.ema_decay)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_poly(config.iterations, config.warmup_iterations, config.poly_power))
-    sampler = MixedSampler([r.spec.weight for r in runs], [len(r.train) for r in runs], config.seed)
+    sampler = MixedSampler([r.spec.weight for r in runs], [len(r.train) for r in runs], config.seed,
+                           config.one_dataset_per_step)
     loss_fn = HermesLoss(config.modality_loss_weight)
     inference = inference_settings(config, runs, catalog)
 
