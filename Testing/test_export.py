@@ -76,3 +76,39 @@ def test_export_records_the_runs_a_run_started_from(tmp_path: Path) -> None:
     first.unlink()  # a chain whose start is gone is recorded as such, not guessed
     assert export_model(second, tmp_path / "again.pt")["training"]["earlier_stages"] == [
         {"checkpoint": "first.pt", "found": False}]
+
+
+def test_a_run_from_an_exported_model_keeps_its_history(tmp_path: Path) -> None:
+    first = _trained_checkpoint(tmp_path / "first.pt")
+    second = _trained_checkpoint(tmp_path / "second.pt")
+    shipped = tmp_path / "ship" / "model.pt"
+    shipped.parent.mkdir()
+    for path, start, iterations in ((first, None, 7), (second, str(first), 5)):
+        payload = torch.load(path, weights_only=True)
+        payload["metadata"].update(iterations=iterations, training_seconds=10.0 * iterations)
+        payload["metadata"]["config"].update(init_from=start, datasets=[{"path": "/d/ct_set", "weight": iterations}])
+        torch.save(payload, path)
+    export_model(second, shipped, version="1.0.0")
+    first.unlink()  # the run folders are gone: the exported model's own record is what remains
+    third = _trained_checkpoint(tmp_path / "third.pt")
+    payload = torch.load(third, weights_only=True)
+    payload["metadata"].update(iterations=3, training_seconds=30.0)
+    payload["metadata"]["config"].update(init_from=str(shipped), datasets=[{"path": "/d/ct_set", "weight": 3}])
+    torch.save(payload, third)
+
+    training = export_model(third, tmp_path / "next.pt")["training"]
+    stages = training["earlier_stages"]
+    assert [s.get("iterations") for s in stages] == [7, 5]
+    assert stages[0]["checkpoint"] == "first.pt" and stages[0]["sha256"]  # recorded at the first export
+    assert stages[1]["version"] == "1.0.0" and stages[1]["sha256"] == file_sha256(shipped)
+    assert training["iterations_total"] == 15 and training["seconds_total"] == 150.0
+
+    # a model exported before it carried its history: the manifest beside it, if it is that file's
+    payload = torch.load(shipped, weights_only=True)
+    del payload["metadata"]["earlier_stages"]
+    torch.save(payload, shipped)
+    manifest = json.loads(shipped.with_suffix(".json").read_text())
+    stages = export_model(third, tmp_path / "n2.pt")["training"]["earlier_stages"]  # manifest of another file
+    assert [s.get("iterations") for s in stages] == [None, 5] and stages[0]["found"] is False
+    shipped.with_suffix(".json").write_text(json.dumps({**manifest, "sha256": file_sha256(shipped)}))
+    assert [s["iterations"] for s in export_model(third, tmp_path / "n3.pt")["training"]["earlier_stages"]] == [7, 5]

@@ -46,7 +46,11 @@ def _relative(value: object) -> object:
 
 
 def _earlier_stages(metadata: dict, limit: int = 20) -> list[dict]:
-    """The runs a checkpoint's run started from (``config.init_from``, followed back), oldest first."""
+    """The runs a checkpoint's run started from (``config.init_from``, followed back), oldest first.
+
+    An exported model that a run started from brings its own history: the ``earlier_stages`` it carries,
+    else those of the manifest beside it (when the manifest's SHA-256 is that file's).
+    """
     import torch
 
     stages: list[dict] = []
@@ -59,11 +63,28 @@ def _earlier_stages(metadata: dict, limit: int = 20) -> list[dict]:
             stages.append({**stage, "found": False})
             break
         weights = {Path(d["path"]).name: d.get("weight") for d in (earlier.get("config") or {}).get("datasets", [])}
-        stages.append({**stage, "sha256": file_sha256(source), "iterations": earlier.get("iterations"),
+        digest = file_sha256(source)
+        manifest = _manifest_of(Path(source), digest)
+        if manifest.get("version"):
+            stage["version"] = manifest["version"]
+        stages.append({**stage, "sha256": digest, "iterations": earlier.get("iterations"),
                        "seconds": earlier.get("training_seconds"), "dataset_weights": weights,
                        "date": earlier.get("date")})
+        recorded = earlier.get("earlier_stages", (manifest.get("training") or {}).get("earlier_stages"))
+        if recorded is not None:
+            stages.extend(reversed(recorded))
+            break
         source = (earlier.get("config") or {}).get("init_from")
     return stages[::-1]
+
+
+def _manifest_of(path: Path, digest: str) -> dict:
+    """The manifest beside an exported model ``path`` if it describes that very file, else ``{}``."""
+    try:
+        manifest = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) and manifest.get("sha256") == digest else {}
 
 
 def usage_terms(licences: dict[str, str]) -> str:
@@ -94,6 +115,7 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
                               "export the best.pt a training run wrote")
     stages = _earlier_stages(payload.get("metadata", {}))
     metadata = _relative(payload.get("metadata", {}))
+    metadata["earlier_stages"] = stages  # so that a run starting from the exported model keeps its history
     payload["metadata"] = metadata
     output = Path(output)
     with atomic_write(output) as tmp:
