@@ -24,11 +24,11 @@ SAMPLE = REPO / "samples" / "hippo_sample.nii.gz"
 REFERENCE = REPO / "samples" / "hippo_sample_label.nii.gz"
 KBP_SAMPLE = REPO / "samples" / "kbp_sample.nii.gz"
 KBP_REFERENCE = REPO / "samples" / "kbp_sample_label.nii.gz"
-HN_MEAN_DICE_FLOOR = 0.5  # measured 0.598 over the seven organs of this held-out sample for 0.5.1 (README)
+HN_MEAN_DICE_FLOOR = 0.55  # measured 0.630 over the seven organs of this held-out sample for 0.6.0 (0.598 for 0.5.1)
 MANIFEST = DEFAULT_MODEL.with_suffix(".json")
-MEAN_DICE_FLOOR = 0.8  # measured 0.875 on this held-out sample at export of 0.5.1 (README), less a margin
+MEAN_DICE_FLOOR = 0.8  # measured 0.872 on this held-out sample at export of 0.6.0 (README), less a margin
 CARDIAC_CASE = "acdc_004_ED"  # an ACDC validation case: 6-10 slices, so every window is padded in z
-CARDIAC_MEAN_DICE_FLOOR = 0.65  # measured 0.747 (myocardium 0.662) for 0.5.1; 8-case mean 0.41 with border-copied pads
+CARDIAC_MEAN_DICE_FLOOR = 0.7  # measured 0.802 (myocardium 0.749) for 0.6.0, 0.747 for 0.5.1; 0.41 with border-copied pads
 HN = Catalog.load().datasets["ct_headneck_openkbp"].labels  # label value -> task id
 HIPPO = Catalog.load().datasets["mri_hippocampus_msd"].labels
 CARDIAC = Catalog.load().datasets["mri_cardiac_acdc"].labels
@@ -103,7 +103,7 @@ def test_cardiac_case_with_fewer_slices_than_the_window(shared_data):
     scores = {task: dice(predicted == position, reference == value)
               for position, (value, task) in enumerate(sorted(CARDIAC.items()), start=1)}
     assert np.mean(list(scores.values())) >= CARDIAC_MEAN_DICE_FLOOR, scores
-    assert scores["heart_lv_myocardium"] >= 0.5, scores  # 0.08 over 8 cases when the pads were border copies
+    assert scores["heart_lv_myocardium"] >= 0.6, scores  # 0.08 over 8 cases when the pads were border copies
 
 
 def test_readme_demo_command(tmp_path):
