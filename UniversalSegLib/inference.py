@@ -3,7 +3,8 @@
 Path of the data: input image -> canonical LPS grid at the model's spacing -> per-modality
 normalisation -> MONAI sliding-window inference (sigmoid per task) -> each probability map
 resampled onto the input's exact grid -> threshold -> label map -> largest component of the chosen labels
-(values 1..N in the order of the requested tasks; overlaps go to the higher probability).
+(values 1..N in the order of the requested tasks; overlaps go to the higher probability). Groups trained at
+different spacings or patch sizes go through this path in separate passes that meet on the input grid.
 
 >>> segmenter = Segmenter(load_checkpoint("model.pt"))  # doctest: +SKIP
 >>> result = segmenter.run(image, tasks, modality, InferenceOptions(keep_largest=True))  # doctest: +SKIP
@@ -133,22 +134,66 @@ class Segmenter:
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> SegmentationResult:
-        """Segment ``tasks`` in ``image``; the returned label map has ``image``'s exact grid."""
+        """Segment ``tasks`` in ``image``; the returned label map has ``image``'s exact grid.
+
+        Tasks whose groups were trained at different spacings or patch sizes (e.g. the ACDC heart on its
+        stored voxel grid and the left atrium at 1.25 mm) are run in separate passes, each at its own
+        spacing and window with its own group mates as context, and merged on the input grid.
+        """
         options = options or InferenceOptions()
         report = progress or (lambda stage, fraction: None)
         start = time.perf_counter()
-        rows = self.query(tasks, context)
-        report("prepare", 0.0)
-        spacing = target_spacing(self.loaded.inference, [t.group for t in tasks])
-        grid = canonical_grid(image, spacing)
-        net_input = normalise(to_grid(image, grid), modality.kind)
-        report("prepare", 1.0)
-        window = options.window or target_window(self.loaded.inference, [t.group for t in tasks])
-        probabilities = self._infer(net_input, rows, modality_row, window, options, report, cancel)
-        report("postprocess", 0.0)
-        labels, kept = self._to_input_grid(probabilities[: len(tasks)], grid, image, options, tasks)
+        self.query(tasks, context)  # unknown tasks fail before any work
+        passes = self._passes(tasks, context, options)
+        size = image.GetSize()[::-1]
+        best = np.zeros(size, dtype=np.float32)
+        labels = np.zeros(size, dtype=np.uint8 if len(tasks) < 256 else np.uint16)
+        kept: dict[str, sitk.Image] = {}
+        n = len(passes)
+        for i, (pass_tasks, pass_context, spacing, window) in enumerate(passes):
+            def step(stage: str, fraction: float, i: int = i) -> None:
+                """Stages in order over all passes: the first pass's preparation, then inference throughout."""
+                if stage == "infer":
+                    report("infer", (i + fraction) / n)
+                elif i == 0:
+                    report(stage, fraction)
+
+            rows = self.query(pass_tasks, pass_context)
+            step("prepare", 0.0)
+            grid = canonical_grid(image, spacing)
+            net_input = normalise(to_grid(image, grid), modality.kind)
+            step("prepare", 1.0)
+            probabilities = self._infer(net_input, rows, modality_row, window, options, step, cancel)
+            if i == n - 1:
+                report("postprocess", 0.0)
+            values = [1 + list(tasks).index(t) for t in pass_tasks]
+            self._fold(probabilities[: len(pass_tasks)], grid, image, options, pass_tasks, values, best, labels,
+                       kept)
+        out = self._keep_largest(labels, image, options, tasks)
         report("postprocess", 1.0)
-        return SegmentationResult(labels, list(tasks), modality, kept, time.perf_counter() - start, self.name)
+        kept = {t.id: kept[t.id] for t in tasks if t.id in kept}
+        return SegmentationResult(out, list(tasks), modality, kept, time.perf_counter() - start, self.name)
+
+    def _passes(self, tasks: Sequence[Task], context: Sequence[Task], options: InferenceOptions
+                ) -> list[tuple[list[Task], list[Task], tuple[float, float, float] | None, tuple[int, int, int]]]:
+        """``[(tasks, context, spacing, window)]``: one pass per distinct trained (spacing, window) of the groups."""
+        inference = self.loaded.inference
+
+        def key(task: Task) -> tuple:
+            spacing = target_spacing(inference, [task.group])
+            return spacing, tuple(options.window or target_window(inference, [task.group]))
+
+        if len({key(t) for t in tasks}) <= 1:  # one group, or groups trained alike: one pass, as trained
+            groups = [t.group for t in tasks]
+            return [(list(tasks), list(context), target_spacing(inference, groups),
+                     tuple(options.window or target_window(inference, groups)))]
+        passes: dict[tuple, tuple[list[Task], list[Task]]] = {}
+        for task in tasks:
+            passes.setdefault(key(task), ([], []))[0].append(task)
+        for task in context:
+            if key(task) in passes:
+                passes[key(task)][1].append(task)
+        return [(t, c, spacing, window) for (spacing, window), (t, c) in passes.items()]
 
     def _infer(self, net_input: np.ndarray, rows: list[int], modality_row: int, window: Sequence[int],
                options: InferenceOptions, report: Progress, cancel: Callable[[], bool] | None) -> np.ndarray:
@@ -184,13 +229,12 @@ class Segmenter:
             )
         return result[0].float().cpu().numpy()
 
-    def _to_input_grid(self, probabilities: np.ndarray, grid: sitk.Image, image: sitk.Image,
-                       options: InferenceOptions, tasks: Sequence[Task]) -> tuple[sitk.Image, dict[str, sitk.Image]]:
-        size = image.GetSize()[::-1]
-        best = np.zeros(size, dtype=np.float32)
-        labels = np.zeros(size, dtype=np.uint8 if len(tasks) < 256 else np.uint16)
-        kept: dict[str, sitk.Image] = {}
-        for value, (task, channel) in enumerate(zip(tasks, probabilities, strict=True), start=1):
+    def _fold(self, probabilities: np.ndarray, grid: sitk.Image, image: sitk.Image, options: InferenceOptions,
+              tasks: Sequence[Task], values: Sequence[int], best: np.ndarray, labels: np.ndarray,
+              kept: dict[str, sitk.Image]) -> None:
+        """Resample each task's probabilities from ``grid`` onto ``image``'s grid and threshold them into
+        ``labels`` (value per task), where they beat the highest probability so far (``best``)."""
+        for task, value, channel in zip(tasks, values, probabilities, strict=True):
             on_grid = sitk.GetImageFromArray(channel)
             on_grid.CopyInformation(grid)
             native = to_grid(on_grid, image, sitk.sitkLinear, default=0.0)
@@ -200,13 +244,18 @@ class Segmenter:
             best[win] = prob[win]
             if options.probabilities:
                 kept[task.id] = native
+
+    @staticmethod
+    def _keep_largest(labels: np.ndarray, image: sitk.Image, options: InferenceOptions,
+                      tasks: Sequence[Task]) -> sitk.Image:
+        """The label map as an image on ``image``'s grid, chosen labels reduced to their largest piece."""
         for value, task in enumerate(tasks, start=1):  # on the final map, so each kept label is one piece
             if task.keep_largest if options.keep_largest is None else options.keep_largest:
                 mask = labels == value
                 labels[mask & ~largest_component(mask)] = 0
         out = sitk.GetImageFromArray(labels)
         out.CopyInformation(image)
-        return out, kept
+        return out
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
