@@ -168,3 +168,48 @@ def test_group_spacing_and_window_apply_only_when_the_request_shares_one_group_s
     assert target_window(inference, ["hippocampus", "heart_cine"]) == (64, 64, 64)
     assert target_window(inference, ["liver"]) == (64, 64, 64)  # a group the model has no patch for
     assert target_window({"patch_size": [64, 64, 64]}, ["hippocampus"]) == (64, 64, 64)  # older checkpoints
+
+
+def test_windows_per_forward_pass_do_not_change_the_result(tiny_checkpoint):
+    image = phantom()
+    probs = []
+    for batch in (1, 2, 3):  # 1: PyTorch's naive CPU convolution; 2 and 3: oneDNN (README "Training")
+        options = InferenceOptions(window=(32, 16, 16), batch_size=batch, probabilities=True)
+        result = segment(image, tasks=["mandible"], modality="CT", model=tiny_checkpoint, options=options)
+        probs.append(sitk.GetArrayFromImage(result.probabilities["mandible"]))
+    assert probs[0].std() > 0
+    for other in probs[1:]:
+        assert np.abs(probs[0] - other).max() < 1e-4  # float rounding of other convolution algorithms only
+
+
+def test_groups_trained_at_different_settings_run_in_separate_passes(tmp_path) -> None:
+    from conftest import build_checkpoint
+
+    from UniversalSegLib.api import load_model
+    from UniversalSegLib.catalog import Catalog
+
+    inference = {"spacing": [1.5, 1.5, 1.5], "patch_size": [64, 64, 64],
+                 "group_spacing": {"heart_cine": None, "left_atrium": [1.25, 1.25, 1.25],
+                                   "hippocampus": [1.25, 1.25, 1.25]},
+                 "group_patch_size": {"heart_cine": [96, 96, 16], "left_atrium": [64, 64, 32],
+                                      "hippocampus": [64, 64, 32]}}
+    segmenter = load_model(build_checkpoint(tmp_path / "m.pt", inference=inference))
+    catalog = Catalog.load()
+    rv, myo, la = (catalog.task(t) for t in ("heart_rv_cavity", "heart_lv_myocardium", "left_atrium_cavity"))
+    anterior = catalog.task("hippocampus_anterior")
+    passes = segmenter._passes([la, rv], [myo], InferenceOptions())
+    assert [(p[0], p[1], p[2], p[3]) for p in passes] == [
+        ([la], [], (1.25, 1.25, 1.25), (64, 64, 32)), ([rv], [myo], None, (96, 96, 16))]
+    together = segmenter._passes([la, anterior], [], InferenceOptions())  # trained alike: one pass
+    assert len(together) == 1 and together[0][2] == (1.25, 1.25, 1.25)
+    window = segmenter._passes([la, rv], [], InferenceOptions(window=(32, 32, 32)))  # spacing still differs
+    assert [p[3] for p in window] == [(32, 32, 32)] * 2 and [p[2] for p in window] == [(1.25, 1.25, 1.25), None]
+
+    image = phantom()  # both passes end on the input grid, label values in the order asked
+    result = segmenter.run(image, [la, rv], catalog.modality("cine-MR"), 0, InferenceOptions(probabilities=True))
+    assert result.labels.GetSize() == image.GetSize() and set(result.probabilities) == {la.id, rv.id}
+    labels = sitk.GetArrayFromImage(result.labels)
+    for value, task in enumerate([la, rv], start=1):
+        prob = sitk.GetArrayFromImage(result.probabilities[task.id])
+        assert prob.shape == labels.shape
+        assert np.all(prob[labels == value] >= 0.5)
