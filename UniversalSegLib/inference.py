@@ -183,11 +183,7 @@ class Segmenter:
             spacing = target_spacing(inference, [task.group])
             return spacing, tuple(options.window or target_window(inference, [task.group]))
 
-        if len({key(t) for t in tasks}) <= 1:  # one group, or groups trained alike: one pass, as trained
-            groups = [t.group for t in tasks]
-            return [(list(tasks), list(context), target_spacing(inference, groups),
-                     tuple(options.window or target_window(inference, groups)))]
-        passes: dict[tuple, tuple[list[Task], list[Task]]] = {}
+        passes: dict[tuple, tuple[list[Task], list[Task]]] = {}  # groups trained alike share a pass
         for task in tasks:
             passes.setdefault(key(task), ([], []))[0].append(task)
         for task in context:
