@@ -27,7 +27,7 @@ def test_run_writes_checkpoints_and_resumes_exactly(tmp_path: Path, one_dataset_
     best = train(full, progress=False, catalog=catalog)
     split = tiny_config(tmp_path, output_dir="split", val_every=4, one_dataset_per_step=one_dataset_per_step)
     train(split, progress=False, catalog=catalog, stop_after=2)
-    assert not (tmp_path / "split" / "best.pt").exists()
+    assert not (tmp_path / "split" / "best.pt").exists() and not (tmp_path / "split" / "final.pt").exists()
     mid = _state(tmp_path / "split" / "last.pt")
     assert mid["iteration"] == 2
     train(split, progress=False, catalog=catalog)  # resumes at 3
@@ -57,6 +57,18 @@ def test_run_writes_checkpoints_and_resumes_exactly(tmp_path: Path, one_dataset_
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]  # no duplicate after resuming
     assert (tmp_path / "full" / "curves.png").stat().st_size > 0
     assert json.loads((tmp_path / "splits" / "synth_ct.json").read_text())["dataset"] == "synth_ct"
+
+    # final.pt: the last step's EMA weights, also written when a finished run is resumed without it
+    for run in ("full", "split"):
+        final = load_checkpoint(tmp_path / run / "final.pt")
+        assert final.metadata["iterations"] == 4
+        for key, value in final.model.state_dict().items():
+            assert torch.equal(value, a["ema"]["state"][key]), (run, key)
+    (tmp_path / "full" / "final.pt").unlink()
+    train(full, progress=False, catalog=catalog)
+    assert _state(tmp_path / "full" / "last.pt")["iteration"] == 4  # nothing trained again
+    rewritten = load_checkpoint(tmp_path / "full" / "final.pt").model.state_dict()
+    assert all(torch.equal(v, a["ema"]["state"][k]) for k, v in rewritten.items())
 
 
 def test_no_resume_starts_over(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("rest", nargs=argparse.REMAINDER, help="CONFIG.yaml [--resume/--no-resume] [--iterations N] ...")
 
     ex = sub.add_parser("export", help="ship a trained checkpoint: weights without machine paths + manifest")
-    ex.add_argument("checkpoint", help="best.pt of a training run")
+    ex.add_argument("checkpoint", help="best.pt or final.pt of a training run")
     ex.add_argument("-o", "--output", required=True, help="OUT.pt (the manifest goes to OUT.json)")
     ex.add_argument("--version", help="model version (default: the package version)")
     ex.add_argument("--evaluation", nargs="*", default=[], metavar="REPORT.json",

@@ -71,7 +71,7 @@ class TrainConfig:
         widths: optional override of the preset's five stage widths.
         fusion_blocks: optional override of the preset's five fusion depths.
         fused_kernels: task kernels from the fused task tokens (true, Hermes) or the unfused pool rows.
-        init_from: optional checkpoint in our format (a run's ``best.pt`` or an exported model) whose
+        init_from: optional checkpoint in our format (a run's ``best.pt`` / ``final.pt`` or an exported model) whose
             weights the network and its EMA start from; the optimiser, schedule and warm-up start
             fresh. Its tasks, modalities and architecture must match this run's. Ignored when the
             run resumes from its own ``last.pt``.

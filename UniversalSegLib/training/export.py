@@ -109,10 +109,10 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
         raise CheckpointError(f"cannot read checkpoint '{checkpoint}' ({err})",
-                              "give a best.pt of a training run") from None
+                              "give the best.pt or final.pt of a training run") from None
     if not isinstance(payload, dict) or payload.get("format") != "universalseg-hermes":
         raise CheckpointError(f"'{checkpoint}' is not in UniversalSeg's checkpoint format",
-                              "export the best.pt a training run wrote")
+                              "export the best.pt or final.pt a training run wrote")
     stages = _earlier_stages(payload.get("metadata", {}))
     metadata = _relative(payload.get("metadata", {}))
     metadata["earlier_stages"] = stages  # so that a run starting from the exported model keeps its history

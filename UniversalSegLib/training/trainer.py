@@ -15,7 +15,9 @@ iteration); a rerun of the same config resumes from it and draws exactly the sam
 uninterrupted run would have. Every ``val_every`` iterations the EMA weights are validated by
 sliding window on the first ``val_cases_per_dataset`` validation cases of every dataset (Dice per
 label over the cases where it is annotated); the best mean Dice is exported to ``best.pt`` in the
-self-describing checkpoint format read by inference.
+self-describing checkpoint format read by inference, and the last step's EMA weights to ``final.pt``
+(the in-run validation holds only a few cases per dataset, so "best" can be picked by noise; both
+files take the same ``universalseg evaluate`` and ``export``).
 
 Baseline mode (``mode: baseline``) trains, for each dataset alone, the same ResUNet backbone with
 no fusion blocks and a single modality row: its task tokens never meet image features, so each
@@ -69,6 +71,7 @@ log = logging.getLogger("UniversalSeg.training")
 
 LAST = "last.pt"
 BEST = "best.pt"
+FINAL = "final.pt"
 STATE_VERSION = 1
 
 
@@ -576,7 +579,7 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
     inference = inference_settings(config, runs, catalog)
 
     start, best, elapsed = 0, -math.inf, 0.0
-    last_path, best_path = out / LAST, out / BEST
+    last_path, best_path, final_path = out / LAST, out / BEST, out / FINAL
     if resume and last_path.is_file():
         state = _load_state(last_path)
         if state.get("task_ids") != pool.task_ids or state.get("modality_ids") != pool.modality_ids:
@@ -650,7 +653,8 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
                               "grad_norm": gnorm, "seconds_per_iteration": dt})
             if done % config.val_every == 0 or done == config.iterations:
                 best = _validate_and_export(config, runs, pool, ema.module, dist, runlog, done, best, elapsed,
-                                            inference, meta_common, catalog, best_path)
+                                            inference, meta_common, catalog, best_path,
+                                            final_path if done == config.iterations else None)
                 model.train()
             stopping = stop_after is not None and done >= stop_after
             if done % config.checkpoint_every == 0 or done == config.iterations or stopping:
@@ -667,9 +671,11 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
     finally:
         bar.close()
         runlog.close()
-    if not best_path.is_file() and stop_after is None:  # e.g. resumed after the last iteration
+    finished = stop_after is None or it + 1 >= config.iterations
+    if finished and not (best_path.is_file() and final_path.is_file()):  # e.g. resumed after the last iteration
         best = _validate_and_export(config, runs, pool, ema.module, dist, runlog, config.iterations, best,
-                                    elapsed, inference, meta_common, catalog, best_path, force=True)
+                                    elapsed, inference, meta_common, catalog, best_path, final_path,
+                                    force=not best_path.is_file())
     dist.barrier()
     return best_path
 
@@ -699,7 +705,10 @@ def _start_from(path: Path, model: torch.nn.Module, ema: EMA, pool: TaskPool) ->
 
 def _validate_and_export(config: TrainConfig, runs: list[DatasetRun], pool: TaskPool, model: torch.nn.Module,
                          dist: Dist, runlog: RunLog, iteration: int, best: float, elapsed: float, inference: dict,
-                         meta_common: dict, catalog: Any, best_path: Path, force: bool = False) -> float:
+                         meta_common: dict, catalog: Any, best_path: Path, final_path: Path | None = None,
+                         force: bool = False) -> float:
+    """Validate ``model``; write it to ``best_path`` when its mean Dice is the best yet (or ``force``) and
+    to ``final_path`` when given (the last step). Returns the best mean Dice so far."""
     if dist.main:
         t0 = time.perf_counter()
         scores = validate(model, runs, pool, config.val_cases_per_dataset, config.val_overlap, dist.device)
@@ -708,16 +717,19 @@ def _validate_and_export(config: TrainConfig, runs: list[DatasetRun], pool: Task
         log.info("iteration %d: validation mean Dice %.4f (%.0f s) %s", iteration, mean,
                  time.perf_counter() - t0, {k: round(v, 3) for k, v in scores.items() if k != "mean"})
         score = mean if math.isfinite(mean) else -1.0
-        if force or score > best or not best_path.is_file():
-            best = max(best, score)
-            from UniversalSegLib.models import save_checkpoint
+        from UniversalSegLib.models import save_checkpoint
 
-            metadata = dict(meta_common, iterations=iteration, val_dice_per_label=
-                            {k: v for k, v in scores.items() if k != "mean"}, val_mean_dice=mean,
-                            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                            training_seconds=round(elapsed, 1), weights="ema")
-            save_checkpoint(best_path, model, task_ids=pool.task_ids, modality_ids=pool.modality_ids,
-                            catalog_version=catalog.version, inference=inference, metadata=_jsonable(metadata))
+        metadata = _jsonable(dict(meta_common, iterations=iteration, val_dice_per_label=
+                                  {k: v for k, v in scores.items() if k != "mean"}, val_mean_dice=mean,
+                                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                                  training_seconds=round(elapsed, 1), weights="ema"))
+        is_best = force or score > best or not best_path.is_file()
+        for path, wanted in ((best_path, is_best), (final_path, final_path is not None)):
+            if wanted:
+                save_checkpoint(path, model, task_ids=pool.task_ids, modality_ids=pool.modality_ids,
+                                catalog_version=catalog.version, inference=inference, metadata=metadata)
+        if is_best:
+            best = max(best, score)
             log.info("best checkpoint %s (mean Dice %.4f at iteration %d)", best_path, mean, iteration)
     if dist.world > 1:  # every rank keeps the same "best"
         value = torch.tensor([best], dtype=torch.float64)
