@@ -1,4 +1,4 @@
-"""``benchmarks/universal_vs_specific.py``: baselines from a run folder, reports written and read back."""
+"""``benchmarks/universal_vs_specific.py``: baselines from a run folder, reports of both sides written and read back."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def test_compare_with_partial_baseline_run_and_reuse_reports(tmp_path: Path, tin
     again = run_script("--universal-reports", tmp_path / "ours", *common)  # no baseline, no re-evaluation
     assert again.returncode == 0, again.stderr
     assert mean_row(again.stdout, "hippo")[2] == hippo[2] and mean_row(again.stdout, "other")[2] == other[2]
+
+    both = run_script("--universal-reports", tmp_path / "ours", "--baseline-from-reports", tmp_path / "theirs",
+                      *common[3:], "--datasets", "hippo")  # both sides read back: the first run's table
+    assert both.returncode == 0, both.stderr
+    assert mean_row(both.stdout, "hippo")[2:4] == hippo[2:4]
+    missing = run_script("--universal-reports", tmp_path / "ours", "--baseline-from-reports", tmp_path / "theirs",
+                         *common)
+    assert missing.returncode != 0 and "other.json" in missing.stderr
 
     wrong = run_script("--universal-reports", tmp_path / "ours", *common, "--no-keep-largest")
     assert wrong.returncode != 0 and "keep_largest" in wrong.stderr and "--reports" in wrong.stderr

@@ -14,7 +14,10 @@ datasets (`baseline/<dataset>/best.pt`) are compared while the others still trai
 With --reports the universal model's per-dataset JSON reports are written there, ready for
 `universalseg export --evaluation reports/*.json`; --universal-reports reads them back instead of
 evaluating the universal model again (they must match --limit, --split and --keep-largest).
---baseline-reports writes the baselines' reports.
+--baseline-reports writes the baselines' reports; --baseline-from-reports reads them back instead of
+evaluating the baselines again (same checks), so a table of two finished evaluations costs nothing:
+    .venv/bin/python benchmarks/universal_vs_specific.py --universal-reports reports/v070 \
+        --baseline-from-reports reports/baseline_full --datasets mri_hippocampus_msd ...
 """
 
 from __future__ import annotations
@@ -47,12 +50,13 @@ def baseline_checkpoints(path: Path) -> dict[str, Path]:
     return {name: Path(p) for name, p in json.loads(manifest.read_text())["checkpoints"].items()}
 
 
-def read_universal_report(folder: Path, name: str, split: str, limit: int | None,
-                          keep_largest: bool | None) -> dict:
-    """The report ``--reports`` wrote for ``name``, checked against this run's split, limit and keep_largest."""
+def read_report(folder: Path, name: str, split: str, limit: int | None, keep_largest: bool | None) -> dict:
+    """The report written earlier for ``name`` in ``folder``, checked against this run's split, limit and
+    keep_largest."""
     path = folder / f"{name}.json"
     if not path.is_file():
-        raise SystemExit(f"error: no universal report {path}. What to do: run once with --reports {folder}")
+        raise SystemExit(f"error: no report {path}. What to do: run once with --reports / --baseline-reports "
+                         f"{folder}, or `universalseg evaluate ... --json {path}`")
     report = json.loads(path.read_text())
     wanted = {"split": split, "keep_largest": "catalog" if keep_largest is None else keep_largest}
     for key, value in wanted.items():
@@ -90,6 +94,8 @@ def main() -> None:
     parser.add_argument("--universal-reports", type=Path,
                         help="read the universal side from the reports an earlier --reports run wrote here")
     parser.add_argument("--baseline-reports", type=Path, help="folder for the baselines' JSON reports")
+    parser.add_argument("--baseline-from-reports", type=Path,
+                        help="read the task-specific side from the reports written earlier here")
     parser.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
                         help="largest connected component of every task / of none (default: catalog flags)")
     args = parser.parse_args()
@@ -107,10 +113,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in args.datasets:
         if args.universal_reports:
-            ours = read_universal_report(args.universal_reports, name, args.split, args.limit, args.keep_largest)
+            ours = read_report(args.universal_reports, name, args.split, args.limit, args.keep_largest)
         else:
             ours = evaluate(name, args.universal)
-        theirs = evaluate(name, baselines[name]) if name in baselines else None
+        if args.baseline_from_reports:
+            theirs = read_report(args.baseline_from_reports, name, args.split, args.limit, args.keep_largest)
+        else:
+            theirs = evaluate(name, baselines[name]) if name in baselines else None
         if args.reports:
             write_report(ours, args.reports / f"{name}.json")
         if args.baseline_reports and theirs:
