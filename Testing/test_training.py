@@ -87,6 +87,23 @@ def test_masked_channel_gets_no_gradient_and_no_loss() -> None:
     assert float(same_target.total) == pytest.approx(float(parts.total.detach()), rel=1e-6)
 
 
+def test_skip_empty_dice_leaves_only_bce_on_an_organ_absent_from_the_patch() -> None:
+    target = torch.zeros(1, 2, 4, 4, 4)
+    target[0, 0, :2] = 1  # channel 0 has its organ in the patch, channel 1 (annotated) does not
+    logits = torch.full_like(target, 3.0, requires_grad=True)  # false positives everywhere on channel 1
+    mask, mod = torch.ones(1, 2), (torch.zeros(1, 2), torch.tensor([0]))
+    default = HermesLoss(0.0)(logits, target, mask, *mod)
+    skipping = HermesLoss(0.0, skip_empty_dice=True)(logits, target, mask, *mod)
+    per_channel = tversky_loss(logits, target)[0]
+    assert float(per_channel[1]) > 0.99  # the empty channel's Tversky term is nearly all of it
+    assert float(default.dice) == pytest.approx(float(per_channel.sum()) / 2, rel=1e-5)
+    assert float(skipping.dice) == pytest.approx(float(per_channel[0]) / 2, rel=1e-5)
+    assert float(skipping.bce) == pytest.approx(float(default.bce), rel=1e-6)  # BCE still applies
+    skipping.total.backward()
+    expected = torch.autograd.grad(bce_loss(logits, target)[0, 1] / 2, logits)[0][0, 1]
+    assert torch.allclose(logits.grad[0, 1], expected)  # channel 1: the BCE gradient alone
+
+
 def test_modality_cross_entropy_is_weighted() -> None:
     logits = torch.zeros(1, 1, 4, 4, 4)
     target = torch.zeros_like(logits)

@@ -113,6 +113,9 @@ class TrainConfig:
         inference_patch_size: sliding-window size written into the checkpoint; default: the first
             dataset's patch size.
         modality_loss_weight: weight of the modality cross-entropy.
+        skip_empty_dice: leave a channel out of the Tversky term when its organ is annotated in the case
+            but absent from the patch (BCE still applies), so the Dice term cannot drive a rarely seen
+            organ's channel to zero. Off by default (the bundled model was trained without it).
         generic_modality_prob: chance that a sample of a specific modality (e.g. MR-T1) is fed with
             the row of its generic catalog fallback (e.g. MR) instead, so that the exported model
             has a trained prior for sequences it never saw (inference falls back to it).
@@ -155,6 +158,7 @@ class TrainConfig:
     inference_spacing: tuple[float, float, float] | None = None
     inference_patch_size: tuple[int, int, int] | None = None
     modality_loss_weight: float = 0.01
+    skip_empty_dice: bool = False
     generic_modality_prob: float = 0.1
     augment: bool = True
     log_every: int = 10

@@ -70,12 +70,14 @@ class HermesLoss(torch.nn.Module):
     """``forward(logits [B,T,...], target [B,T,...], mask [B,T], modality_logits [B,M], modality [B])``.
 
     The segmentation part is the mean of (BCE + Tversky) over channels with mask 1; with no such
-    channel it is 0 (and still differentiable).
+    channel it is 0 (and still differentiable). ``skip_empty_dice``: channels whose target is empty
+    in the patch get no Tversky term, only BCE (the means keep the same denominator).
     """
 
-    def __init__(self, modality_weight: float = 0.01) -> None:
+    def __init__(self, modality_weight: float = 0.01, skip_empty_dice: bool = False) -> None:
         super().__init__()
         self.modality_weight = modality_weight
+        self.skip_empty_dice = skip_empty_dice
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                 modality_logits: torch.Tensor, modality: torch.Tensor) -> LossParts:
@@ -84,7 +86,8 @@ class HermesLoss(torch.nn.Module):
         # Masked channels are removed with where(), not multiplied by 0, so NaN/inf there cannot leak.
         keep = mask > 0
         bce = torch.where(keep, bce_loss(logits, target), torch.zeros_like(mask)).sum() / count
-        dice = torch.where(keep, tversky_loss(logits, target), torch.zeros_like(mask)).sum() / count
+        dice_keep = keep & (target.flatten(2).sum(-1) > 0) if self.skip_empty_dice else keep
+        dice = torch.where(dice_keep, tversky_loss(logits, target), torch.zeros_like(mask)).sum() / count
         seg = bce + dice
         mod = F.cross_entropy(modality_logits.float(), modality) if self.modality_weight else seg.new_zeros(())
         total = seg + self.modality_weight * mod

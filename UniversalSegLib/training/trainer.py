@@ -575,7 +575,7 @@ def _train_one(config: TrainConfig, catalog: Any, dist: Dist, progress: bool, re
         optimizer, warmup_poly(config.iterations, config.warmup_iterations, config.poly_power))
     sampler = MixedSampler([r.spec.weight for r in runs], [len(r.train) for r in runs], config.seed,
                            config.one_dataset_per_step)
-    loss_fn = HermesLoss(config.modality_loss_weight)
+    loss_fn = HermesLoss(config.modality_loss_weight, config.skip_empty_dice)
     inference = inference_settings(config, runs, catalog)
 
     start, best, elapsed = 0, -math.inf, 0.0
