@@ -115,7 +115,7 @@ class TrainConfig:
         modality_loss_weight: weight of the modality cross-entropy.
         skip_empty_dice: leave a channel out of the Tversky term when its organ is annotated in the case
             but absent from the patch (BCE still applies), so the Dice term cannot drive a rarely seen
-            organ's channel to zero. Off by default (the bundled model was trained without it).
+            organ's channel to zero. Off by default (only the bundled 0.7.0's last stage used it).
         generic_modality_prob: chance that a sample of a specific modality (e.g. MR-T1) is fed with
             the row of its generic catalog fallback (e.g. MR) instead, so that the exported model
             has a trained prior for sequences it never saw (inference falls back to it).
