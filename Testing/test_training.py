@@ -340,6 +340,26 @@ def test_foreground_patch_has_size_and_contains_structure(tmp_path: Path) -> Non
     assert big[0].shape == (32, 48, 64) and big[1].sum() == cached.label().sum()
 
 
+def test_affine_zoom_range_scales_structures(tmp_path: Path) -> None:
+    from UniversalSegLib.training.augment import PatchAugmenter
+
+    ds = read_dataset(make_dataset(tmp_path / "d", 1, {1: "A", 2: "B"}))
+    cached = prepare_case(ds.cases[0], None, "CT", tmp_path / "cache", labels=ds.labels)
+
+    def labelled_voxels(scale: tuple[float, float]) -> float:
+        aug = PatchAugmenter((16, 32, 32), foreground_prob=1.0, affine_prob=1.0, scale_range=scale, rotate_deg=0)
+        return float(np.mean([(aug(cached, seed)[1] > 0).sum() for seed in range(8)]))
+
+    plain = labelled_voxels((1.0, 1.0))
+    assert labelled_voxels((0.5, 0.5)) > 2.5 * plain  # factor 0.5 zooms in: 2x per axis
+    assert labelled_voxels((2.0, 2.0)) < 0.3 * plain  # factor 2 zooms out
+    turned = PatchAugmenter((32, 96, 96), foreground_prob=1.0, affine_prob=1.0, scale_range=(0.6, 1.5),
+                            rotate_deg=180)
+    assert turned.big[1] >= 1.5 * 96 * 2**0.5 and turned.big[0] == math.ceil(32 * 1.3)  # room to turn and zoom out
+    image, label = turned(cached, 3)
+    assert image.shape == (32, 96, 96) and set(np.unique(label)) <= {0, 1, 2}
+
+
 # ------------------------------------------------------------------------------------------ config
 
 
@@ -361,6 +381,12 @@ def test_config_resolves_paths_and_rejects_unknown_keys(tmp_path: Path) -> None:
         load_config(path)
     path.write_text("datasets: [{path: synth, patch_size: [30, 32, 32]}]\n")
     with pytest.raises(InputError, match="multiples of 16"):
+        load_config(path)
+    path.write_text("datasets: [{path: synth, scale_range: [1.2, 1.5]}]\n")
+    with pytest.raises(InputError, match="scale_range"):
+        load_config(path)
+    path.write_text("datasets: [{path: synth, rotate_deg: 270}]\n")
+    with pytest.raises(InputError, match="rotate_deg"):
         load_config(path)
     path.write_text("datasets: [{path: synth}]\nfused_kernels: 1\n")
     with pytest.raises(InputError, match="fused_kernels"):
@@ -394,6 +420,10 @@ def test_bundled_configs_load() -> None:
     atrium = load_config(repo / "configs" / "atrium_weighted.yaml")  # continues headneck_weighted.yaml
     assert atrium.init_path == weighted.output_path / "best.pt" and atrium.output_path != weighted.output_path
     assert [d.weight for d in atrium.datasets] == [2.0, 0.7, 0.8, 1.2, 0.15]
+    zoom = load_config(repo / "configs" / "zoom.yaml")  # widened affine for ACDC only
+    widened = {d.name: (d.affine_prob, d.scale_range, d.rotate_deg) for d in zoom.datasets}
+    assert widened.pop("mri_cardiac_acdc") == (0.6, (0.5, 1.4), 180.0) and zoom.skip_empty_dice
+    assert set(widened.values()) == {(0.3, (0.85, 1.15), 15.0)}
     equal = load_config(repo / "configs" / "baseline_equal.yaml")  # the steps 0.5.1 spent on each dataset
     steps = {d.name: 0.0 for d in cfg.datasets}
     for stage, iterations in ((cfg, 4500), (weighted, 2000), (atrium, 1500)):

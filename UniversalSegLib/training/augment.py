@@ -1,13 +1,17 @@
 """Training patches: foreground-biased crop from the cached arrays, then MONAI dictionary augmentations.
 
-Scaled to the small CPU model: p=0.3 affine (scale 0.85-1.15, rotation +-15 deg; in-plane only for
-anisotropic patches), brightness / contrast / gamma / noise / blur at p=0.1-0.15. Mirror flips are
-off unless a dataset lists ``flip_axes`` (a flip turns a left parotid into a right one).
+Scaled to the small CPU model: by default p=0.3 affine (scale 0.85-1.15, rotation +-15 deg; in-plane
+only for anisotropic patches), brightness / contrast / gamma / noise / blur at p=0.1-0.15. A dataset
+may widen the affine (``affine_prob``, ``scale_range``, ``rotate_deg``): ACDC's voxel grid is all we
+know, and its pixel size varies about 2x between patients, so it needs in-plane zoom and full in-plane
+rotation (as nnU-Net's 2-D setting uses). Mirror flips are off unless a dataset lists ``flip_axes``
+(a flip turns a left parotid into a right one).
 
 The crop is our own (not ``RandCropByPosNegLabeld``) because it reads only the patch from the
 memory-mapped cache and centres on precomputed foreground points, instead of loading and scanning
-the whole volume for every sample. When the affine is drawn, a window 1.3x larger is cut first and
-``RandAffined`` resamples the patch from its centre, so rotated corners hold real voxels.
+the whole volume for every sample. When the affine is drawn, a larger window (at least 1.3x, more
+for wide zoom-out or rotation) is cut first and ``RandAffined`` resamples the patch from its centre,
+so rotated and zoomed-out corners hold real voxels.
 
 Randomness comes from one integer seed per sample, so a sample is a pure function of
 (case, seed): this is what makes a resumed run draw exactly the patches an uninterrupted one would.
@@ -28,7 +32,7 @@ from UniversalSegLib.training.data import CachedCase
 AFFINE_PROB = 0.3
 AFFINE_MARGIN = 1.3
 ROTATE_DEG = 15.0
-SCALE = 0.15
+SCALE_RANGE = (0.85, 1.15)  # scale factor bounds: below 1 zooms in (structures grow), above 1 zooms out
 AXES = {"z": 0, "y": 1, "x": 2}  # flip axis name -> spatial axis of the (z, y, x) array
 
 
@@ -64,10 +68,15 @@ class PatchAugmenter:
         flip_axes: axis names ("x", "y", "z") that may be mirrored, p=0.5 each.
         foreground_prob: chance of centring the patch on a voxel of a present label.
         augment: False gives plain crops (no affine, no intensity changes).
+        affine_prob: chance of the random affine (rotation and scale).
+        scale_range: (low, high) scale factor bounds; for anisotropic patches they apply in-plane and
+            the through-plane axis keeps the default 0.85-1.15.
+        rotate_deg: largest rotation in degrees (about the through-plane axis for anisotropic patches).
     """
 
     def __init__(self, patch_zyx: Sequence[int], flip_axes: Sequence[str] = (), foreground_prob: float = 0.5,
-                 augment: bool = True) -> None:
+                 augment: bool = True, affine_prob: float = AFFINE_PROB,
+                 scale_range: Sequence[float] = SCALE_RANGE, rotate_deg: float = ROTATE_DEG) -> None:
         from monai.transforms import (
             Compose,
             RandAdjustContrastd,
@@ -82,13 +91,23 @@ class PatchAugmenter:
         self.patch = tuple(int(s) for s in patch_zyx)
         self.foreground_prob = foreground_prob
         self.augment = augment
-        self.big = tuple(int(math.ceil(s * AFFINE_MARGIN)) for s in self.patch)
+        self.affine_prob = affine_prob
         anisotropic = min(self.patch) / max(self.patch) < 0.5
-        rot = math.radians(ROTATE_DEG)
-        # MONAI's rotate_range is per spatial axis of the array: (z, y, x) -> rotations about those axes.
+        rot = math.radians(rotate_deg)
+        # A window holding the patch after the widest zoom-out and rotation (a square turned by r spans
+        # cos r + sin r of its side, at most sqrt 2 at 45 degrees).
+        spread = scale_range[1] * (math.cos(min(rot, math.pi / 4)) + math.sin(min(rot, math.pi / 4)))
+        margins = [max(AFFINE_MARGIN, spread)] * 3
+        if anisotropic:
+            margins[0] = AFFINE_MARGIN
+        self.big = tuple(int(math.ceil(s * m)) for s, m in zip(self.patch, margins, strict=True))
+        # MONAI's rotate_range is per spatial axis of the array: (z, y, x) -> rotations about those axes;
+        # its scale_range holds offsets from 1 per axis.
         rotate = (rot, 0.0, 0.0) if anisotropic else (rot, rot, rot)
+        in_plane = (scale_range[0] - 1.0, scale_range[1] - 1.0)
+        through = (SCALE_RANGE[0] - 1.0, SCALE_RANGE[1] - 1.0) if anisotropic else in_plane
         self.affine = RandAffined(keys=("image", "label"), spatial_size=self.patch, prob=1.0,
-                                  rotate_range=rotate, scale_range=(SCALE, SCALE, SCALE),
+                                  rotate_range=rotate, scale_range=(through, in_plane, in_plane),
                                   mode=("bilinear", "nearest"), padding_mode="border")
         self.intensity = Compose([
             RandScaleIntensityd(keys="image", factors=0.25, prob=0.15),  # brightness
@@ -103,7 +122,7 @@ class PatchAugmenter:
 
     def __call__(self, case: CachedCase, seed: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(seed)
-        use_affine = self.augment and rng.random() < AFFINE_PROB
+        use_affine = self.augment and rng.random() < self.affine_prob
         size = self.big if use_affine else self.patch
         centre = None
         labelled = [v for v in case.present_labels if len(case.foreground.get(v, ())) > 0]

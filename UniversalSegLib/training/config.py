@@ -43,6 +43,11 @@ class DatasetSpec:
         tasks: {label value: catalog task id} overriding the catalog's dataset entry (optional;
             needed for a dataset the catalog does not list).
         foreground_prob: chance that a patch is centred on a voxel of a present label.
+        affine_prob: chance of the random rotation and scaling of a patch.
+        scale_range: (low, high) scale factor bounds of that affine; below 1 zooms in. In-plane only
+            for anisotropic patches (the through-plane axis keeps 0.85-1.15).
+        rotate_deg: largest rotation of that affine in degrees (about the through-plane axis for
+            anisotropic patches; 180 is any in-plane orientation).
     """
 
     path: str
@@ -53,6 +58,9 @@ class DatasetSpec:
     modality: str | None = None
     tasks: dict[int, str] | None = None
     foreground_prob: float = 0.5
+    affine_prob: float = 0.3
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    rotate_deg: float = 15.0
 
     @property
     def name(self) -> str:
@@ -216,6 +224,12 @@ class TrainConfig:
                    "leave it empty unless mirrored anatomy keeps its labels")
             _check(0.0 <= d.foreground_prob <= 1.0, f"dataset {d.name}: foreground_prob must be in [0, 1]",
                    "use e.g. 0.5")
+            _check(0.0 <= d.affine_prob <= 1.0, f"dataset {d.name}: affine_prob must be in [0, 1]", "use e.g. 0.3")
+            _check(len(d.scale_range) == 2 and 0.0 < d.scale_range[0] <= 1.0 <= d.scale_range[1] <= 3.0,
+                   f"dataset {d.name}: scale_range {list(d.scale_range)} must be [low, high] with 0 < low <= 1 "
+                   "<= high <= 3", "use e.g. [0.85, 1.15]")
+            _check(0.0 <= d.rotate_deg <= 180.0, f"dataset {d.name}: rotate_deg must be in [0, 180]",
+                   "use e.g. 15")
         _check(self.mode in MODES, f"mode '{self.mode}' is unknown", f"use one of {', '.join(MODES)}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer '{self.optimizer}' is unknown",
                f"use one of {', '.join(OPTIMIZERS)}")
@@ -285,6 +299,8 @@ def config_from_dict(raw: dict, base_dir: str | Path = ".") -> TrainConfig:
         if "patch_size" in item:
             item["patch_size"] = _tuple_or_none(item["patch_size"], int)
         item["flip_axes"] = tuple(str(a) for a in (item.get("flip_axes") or ()))
+        if "scale_range" in item:
+            item["scale_range"] = _tuple_or_none(item["scale_range"], float)
         if item.get("tasks") is not None:
             item["tasks"] = {int(k): str(v) for k, v in item["tasks"].items()}
         item["weight"] = float(item.get("weight", 1.0))

@@ -247,7 +247,8 @@ class IterationSamples(torch.utils.data.Dataset):
         self.batch_size, self.rank, self.length = batch_size, rank, length
         self.generic_prob = generic_prob
         self.augmenters = [
-            PatchAugmenter(tuple(r.spec.patch_size)[::-1], r.spec.flip_axes, r.spec.foreground_prob, augment)
+            PatchAugmenter(tuple(r.spec.patch_size)[::-1], r.spec.flip_axes, r.spec.foreground_prob, augment,
+                           r.spec.affine_prob, r.spec.scale_range, r.spec.rotate_deg)
             for r in runs]
 
     def __len__(self) -> int:
