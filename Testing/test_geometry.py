@@ -213,3 +213,26 @@ def test_groups_trained_at_different_settings_run_in_separate_passes(tmp_path) -
         prob = sitk.GetArrayFromImage(result.probabilities[task.id])
         assert prob.shape == labels.shape
         assert np.all(prob[labels == value] >= 0.5)
+
+
+def test_joint_largest_piece_drops_a_false_blob_larger_than_the_true_label():
+    from UniversalSegLib.catalog import Catalog
+    from UniversalSegLib.inference import Segmenter
+
+    tasks = Catalog.load().group("heart_cine")  # RV cavity, LV myocardium, LV cavity: marked keep_largest_joint
+    assert [t.keep_largest_joint for t in tasks] == [True, True, True]
+    labels = np.zeros((6, 40, 60), np.uint8)
+    labels[1:5, 10:20, 5:15] = 1  # RV beside the LV wall
+    labels[1:5, 8:22, 15:29] = 2  # myocardium ring
+    labels[1:5, 11:19, 18:26] = 3  # LV cavity inside it: 256 voxels
+    labels[0:6, 28:38, 45:55] = 3  # a false LV far away, larger (600 voxels)
+    image = sitk.GetImageFromArray(labels.astype(np.float32))
+
+    def result(keep_largest: bool | None) -> np.ndarray:
+        out = Segmenter._keep_largest(labels.copy(), image, InferenceOptions(keep_largest=keep_largest), tasks)
+        return sitk.GetArrayFromImage(out)
+
+    by_catalog = result(None)
+    assert (by_catalog == 3).sum() == 256 and not by_catalog[:, 28:, 45:].any()  # the blob, not the LV, went
+    assert np.array_equal(by_catalog == 1, labels == 1) and np.array_equal(by_catalog == 2, labels == 2)
+    assert (result(False) == 3).sum() == 256 + 600  # --no-keep-largest: nothing removed

@@ -108,6 +108,7 @@ class Task:
     refine: bool = False  # refined by default: refinement measured to help this task (benchmarks/refine_eval.py)
     refine_plane: str = "axial"  # slices a 2D refiner works on: axial, coronal or sagittal (the one measured best)
     keep_largest: bool = False  # keep only the largest connected piece by default: one-piece anatomy, measured to help
+    keep_largest_joint: bool = False  # with its group's other flagged tasks: largest piece of their union (touching)
 
     def applies_to(self, modality_id: str) -> bool:
         """Whether the task is defined for this modality id (exact: ``"MR"`` does not cover ``"MR-T2"``)."""
@@ -140,7 +141,7 @@ class Task:
 
     def to_dict(self) -> dict:
         """JSON-able: id, name, group (display name), group_id, modalities, color, terminology, aliases, refine,
-        refine_plane and keep_largest."""
+        refine_plane, keep_largest and keep_largest_joint."""
         codes = {"category": self.category, "type": self.type, "modifier": self.modifier,
                  "region": self.region, "region_modifier": self.region_modifier}
         return {
@@ -148,7 +149,7 @@ class Task:
             "modalities": list(self.modalities), "color": list(self.color),
             "terminology": {k: (v.to_dict() if v else None) for k, v in codes.items()},
             "aliases": list(self.aliases), "refine": self.refine, "refine_plane": self.refine_plane,
-            "keep_largest": self.keep_largest,
+            "keep_largest": self.keep_largest, "keep_largest_joint": self.keep_largest_joint,
         }
 
 
@@ -418,6 +419,7 @@ def _build(raw: dict, problems: list[str]) -> Catalog:
             aliases=tuple(t.get("aliases", ())), notes=t.get("notes", ""),
             group_name=groups.get(t["group"], (t["group"], ""))[0], refine=bool(t.get("refine", False)),
             refine_plane=plane, keep_largest=bool(t.get("keep_largest", False)),
+            keep_largest_joint=bool(t.get("keep_largest_joint", False)),
         )
         for key in (task.id, task.name, *task.aliases):
             _unique("task", task_keys, key, task.id, problems)

@@ -244,7 +244,19 @@ class Segmenter:
     @staticmethod
     def _keep_largest(labels: np.ndarray, image: sitk.Image, options: InferenceOptions,
                       tasks: Sequence[Task]) -> sitk.Image:
-        """The label map as an image on ``image``'s grid, chosen labels reduced to their largest piece."""
+        """The label map as an image on ``image``'s grid, chosen labels reduced to their largest piece.
+
+        Tasks of one group marked ``keep_largest_joint`` (anatomy that touches, such as the heart's
+        cavities and wall) first lose whatever lies outside the largest piece of their union: a false
+        blob far from the heart goes even where it is larger than that label's true piece."""
+        if options.keep_largest is not False:
+            joint: dict[str, list[int]] = {}
+            for value, task in enumerate(tasks, start=1):
+                if task.keep_largest_joint:
+                    joint.setdefault(task.group, []).append(value)
+            for values in joint.values():
+                union = np.isin(labels, values)
+                labels[union & ~largest_component(union)] = 0
         for value, task in enumerate(tasks, start=1):  # on the final map, so each kept label is one piece
             if task.keep_largest if options.keep_largest is None else options.keep_largest:
                 mask = labels == value
