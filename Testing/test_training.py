@@ -373,24 +373,15 @@ def test_config_resolves_paths_and_rejects_unknown_keys(tmp_path: Path) -> None:
     cfg = load_config(path, iterations=7)
     assert cfg.iterations == 7 and cfg.output_path == (tmp_path / "cfg" / "out").resolve()
     assert cfg.dataset_folder(cfg.datasets[0]) == (tmp_path / "data" / "synth").resolve()
-    path.write_text("datasets: [{path: synth}]\nlearning_rate: 0.1\n")
-    with pytest.raises(InputError, match="learning_rate"):
-        load_config(path)
-    path.write_text("datasets: [{path: synth, patch: [32, 32, 32]}]\n")
-    with pytest.raises(InputError, match="patch"):
-        load_config(path)
-    path.write_text("datasets: [{path: synth, patch_size: [30, 32, 32]}]\n")
-    with pytest.raises(InputError, match="multiples of 16"):
-        load_config(path)
-    path.write_text("datasets: [{path: synth, scale_range: [1.2, 1.5]}]\n")
-    with pytest.raises(InputError, match="scale_range"):
-        load_config(path)
-    path.write_text("datasets: [{path: synth, rotate_deg: 270}]\n")
-    with pytest.raises(InputError, match="rotate_deg"):
-        load_config(path)
-    path.write_text("datasets: [{path: synth}]\nfused_kernels: 1\n")
-    with pytest.raises(InputError, match="fused_kernels"):
-        load_config(path)
+    for text, named in (("datasets: [{path: synth}]\nlearning_rate: 0.1\n", "learning_rate"),
+                        ("datasets: [{path: synth, patch: [32, 32, 32]}]\n", "patch"),
+                        ("datasets: [{path: synth, patch_size: [30, 32, 32]}]\n", "multiples of 16"),
+                        ("datasets: [{path: synth, scale_range: [1.2, 1.5]}]\n", "scale_range"),
+                        ("datasets: [{path: synth, rotate_deg: 270}]\n", "rotate_deg"),
+                        ("datasets: [{path: synth}]\nfused_kernels: 1\n", "fused_kernels")):
+        path.write_text(text)
+        with pytest.raises(InputError, match=named):
+            load_config(path)
 
 
 def test_bundled_configs_load() -> None:
