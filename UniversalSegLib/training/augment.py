@@ -27,12 +27,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from UniversalSegLib.training.config import AFFINE_PROB, ROTATE_DEG, SCALE_RANGE
 from UniversalSegLib.training.data import CachedCase
 
-AFFINE_PROB = 0.3
 AFFINE_MARGIN = 1.3
-ROTATE_DEG = 15.0
-SCALE_RANGE = (0.85, 1.15)  # scale factor bounds: below 1 zooms in (structures grow), above 1 zooms out
 AXES = {"z": 0, "y": 1, "x": 2}  # flip axis name -> spatial axis of the (z, y, x) array
 
 

@@ -22,6 +22,9 @@ from UniversalSegLib.errors import InputError
 MODES = ("universal", "baseline")
 FOLDER_SETTINGS = ("data_root", "cache_dir", "output_dir", "splits_dir", "init_from")
 OPTIMIZERS = ("adamw", "lamb")
+AFFINE_PROB = 0.3  # default patch affine: chance, scale factor bounds (below 1 zooms in), largest rotation
+SCALE_RANGE = (0.85, 1.15)
+ROTATE_DEG = 15.0
 
 
 @dataclass
@@ -58,9 +61,9 @@ class DatasetSpec:
     modality: str | None = None
     tasks: dict[int, str] | None = None
     foreground_prob: float = 0.5
-    affine_prob: float = 0.3
-    scale_range: tuple[float, float] = (0.85, 1.15)
-    rotate_deg: float = 15.0
+    affine_prob: float = AFFINE_PROB
+    scale_range: tuple[float, float] = SCALE_RANGE
+    rotate_deg: float = ROTATE_DEG
 
     @property
     def name(self) -> str:
