@@ -112,7 +112,8 @@ def test_cardiac_case_with_fewer_slices_than_the_window(shared_data):
                     modality="cine-MR", threads=2, progress=lambda stage, f: seen.append((stage, f)))
     both = sitk.GetArrayFromImage(mixed.labels)
     heart = predicted > 0
-    assert np.mean(both[heart] == predicted[heart]) > 0.9  # 0.97 (0.7.0), 0.95 (0.8.0): lost only where the atrium wins
+    # 0.97 (0.7.0), 0.95 (0.8.0, 0.8.3): lost only where the atrium wins
+    assert np.mean(both[heart] == predicted[heart]) > 0.9
     assert np.array_equal(both[both <= 3], predicted[both <= 3])
     mixed_scores = [dice(both == position, reference == value)
                     for position, value in enumerate(sorted(CARDIAC), start=1)]
