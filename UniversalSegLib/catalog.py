@@ -109,6 +109,8 @@ class Task:
     refine_plane: str = "axial"  # slices a 2D refiner works on: axial, coronal or sagittal (the one measured best)
     keep_largest: bool = False  # keep only the largest connected piece by default: one-piece anatomy, measured to help
     keep_largest_joint: bool = False  # with its group's other flagged tasks: largest piece of their union (touching)
+    mirror: str | None = None  # the task it becomes in the left-right mirror image (itself when unpaired); None:
+    # a mirrored image is not this anatomy (the heart), so no mirror averaging
 
     def applies_to(self, modality_id: str) -> bool:
         """Whether the task is defined for this modality id (exact: ``"MR"`` does not cover ``"MR-T2"``)."""
@@ -141,7 +143,7 @@ class Task:
 
     def to_dict(self) -> dict:
         """JSON-able: id, name, group (display name), group_id, modalities, color, terminology, aliases, refine,
-        refine_plane, keep_largest and keep_largest_joint."""
+        refine_plane, keep_largest, keep_largest_joint and mirror."""
         codes = {"category": self.category, "type": self.type, "modifier": self.modifier,
                  "region": self.region, "region_modifier": self.region_modifier}
         return {
@@ -150,6 +152,7 @@ class Task:
             "terminology": {k: (v.to_dict() if v else None) for k, v in codes.items()},
             "aliases": list(self.aliases), "refine": self.refine, "refine_plane": self.refine_plane,
             "keep_largest": self.keep_largest, "keep_largest_joint": self.keep_largest_joint,
+            "mirror": self.mirror,
         }
 
 
@@ -420,6 +423,7 @@ def _build(raw: dict, problems: list[str]) -> Catalog:
             group_name=groups.get(t["group"], (t["group"], ""))[0], refine=bool(t.get("refine", False)),
             refine_plane=plane, keep_largest=bool(t.get("keep_largest", False)),
             keep_largest_joint=bool(t.get("keep_largest_joint", False)),
+            mirror=(tid if t.get("mirror") == "self" else t.get("mirror")),
         )
         for key in (task.id, task.name, *task.aliases):
             _unique("task", task_keys, key, task.id, problems)
@@ -434,6 +438,11 @@ def _build(raw: dict, problems: list[str]) -> Catalog:
     problems.extend(f"group {g} has no task" for g in groups if g not in order)
 
     by_id = {t.id: t for t in tasks}
+    for t in tasks:
+        partner = by_id.get(t.mirror) if t.mirror else None
+        if t.mirror and (partner is None or partner.mirror != t.id or partner.group != t.group):
+            problems.append(f"task {t.id}: mirror '{t.mirror}' must be 'self' or a task of its group whose mirror is "
+                            f"{t.id}")
     datasets: dict[str, DatasetEntry] = {}
     for name, d in raw.get("datasets", {}).items():
         labels = {int(value): tid for value, tid in d["labels"].items()}

@@ -4,10 +4,10 @@
     universalseg segment IMAGE -o OUT [--modality M] [--task T ...] [--group G ...] [--model PATH]
                          [--device cpu|cuda|auto] [--threads N] [--force] [--[no-]keep-largest]
                          [--probabilities DIR] [--window X Y Z] [--overlap F] [--batch N] [--blend gaussian|constant]
-                         [--threshold F] [--preview PNG] [--quiet] [--refine] [--refine-task T ...]
+                         [--threshold F] [--[no-]mirror] [--preview PNG] [--quiet] [--refine] [--refine-task T ...]
     universalseg refine IMAGE (--mask COARSE | --box i0,j0,k0,i1,j1,k1) -o OUT [--modality M]  (see refine/cli.py)
     universalseg evaluate DATASET_DIR [--model PATH] [--json OUT] [--limit N] [--split all|train|val]
-                         [--[no-]keep-largest] [--refine ...]
+                         [--[no-]keep-largest] [--[no-]mirror] [--refine ...]
     universalseg train CONFIG.yaml [--resume|--no-resume] [--iterations N] [--stop-after N] [--quiet]
     universalseg export CHECKPOINT -o OUT.pt [--version V] [--evaluation REPORT.json ...]
 
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--batch", type=int, default=2, help="windows per forward pass (default 2)")
     seg.add_argument("--blend", default="gaussian", choices=["gaussian", "constant"], help="window weighting")
     seg.add_argument("--threshold", type=float, default=0.5, help="probability threshold per task")
+    seg.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                     help="average with the left-right mirrored image, paired organs swapped, for the tasks the "
+                          "catalog gives a mirror (default; twice their time); --no-mirror: plain")
     seg.add_argument("--preview", metavar="PNG", help="also write three orthogonal slices with the overlay")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_segment_refine_options(seg)
@@ -67,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, help="CPU threads for torch")
     ev.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
                     help="as for segment (default: the catalog's keep_largest tasks)")
+    ev.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True, help="as for segment")
     add_segment_refine_options(ev)
     add_refine_parser(sub)
 
@@ -110,7 +114,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     options = InferenceOptions(
         window=tuple(args.window) if args.window else None, overlap=args.overlap, batch_size=args.batch,
         blend=args.blend, threshold=args.threshold, keep_largest=args.keep_largest,
-        probabilities=bool(args.probabilities),
+        probabilities=bool(args.probabilities), mirror=args.mirror,
     )
     with _ProgressBar(disabled=args.quiet) as bar:
         result = segment(
@@ -146,8 +150,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     refining = args.refine or args.refine_task
     segment_fn = refining_segment(args, log=lambda text: print(text, file=sys.stderr)) if refining else None
+    options = InferenceOptions(keep_largest=args.keep_largest, mirror=args.mirror)
     report = evaluate_dataset(args.dataset, model=args.model, limit=args.limit, split=args.split, device=args.device,
-                              segment_fn=segment_fn, options=InferenceOptions(keep_largest=args.keep_largest),
+                              segment_fn=segment_fn, options=options,
                               progress=lambda i, n, case: print(f"[{i + 1}/{n}] {case}", file=sys.stderr))
     if refining:
         report["refinement"] = {"backend": args.backend, "weights": args.weights, "mode": args.mode,
@@ -178,7 +183,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     reports = {}
     for path in args.evaluation:
         report = json.loads(open(path, encoding="utf-8").read())
-        keys = ("split", "limit", "keep_largest", "labels", "mean_dice", "seconds_per_case")
+        keys = ("split", "limit", "keep_largest", "mirror", "labels", "mean_dice", "seconds_per_case")
         reports[report["dataset"]] = {k: report[k] for k in keys if k in report}
     manifest = export_model(args.checkpoint, args.output, args.version or __version__, reports)
     print(f"wrote {args.output} (sha256 {manifest['sha256']}) and its manifest; usage: {manifest['usage']}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..catalog import Catalog
 from ..errors import CancelledError, UniversalSegError
@@ -175,8 +175,7 @@ class SegmentationJob:
                 "or use a computer with more memory")
         self._warn(f"Out of memory: retrying with smaller sliding windows ({'x'.join(map(str, smaller))} voxels, "
                    "one at a time); results may differ slightly near window borders.")
-        return InferenceOptions(window=smaller, overlap=options.overlap, batch_size=1, blend=options.blend,
-                                threshold=options.threshold, keep_largest=options.keep_largest)
+        return replace(options, window=smaller, batch_size=1)
 
     def _model_window(self) -> tuple[int, int, int]:
         from ..api import load_model

@@ -144,6 +144,7 @@ def evaluate_dataset(
     return {
         "dataset": info.name, "split": split, "limit": limit, "model": str(model or "bundled"), "modality": modality,
         "keep_largest": "catalog" if options is None or options.keep_largest is None else options.keep_largest,
+        "mirror": options is None or options.mirror,
         "labels": labels, "mean_dice": float(np.mean(scored)) if scored else float("nan"),
         "seconds_per_case": float(np.mean(seconds)) if seconds else float("nan"),
         "distance_unit": "voxel" if info.spacing_unknown else "mm",
