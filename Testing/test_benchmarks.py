@@ -60,8 +60,14 @@ def test_compare_with_partial_baseline_run_and_reuse_reports(tmp_path: Path, tin
 
     wrong = run_script("--universal-reports", tmp_path / "ours", *common, "--no-keep-largest")
     assert wrong.returncode != 0 and "keep_largest" in wrong.stderr and "--reports" in wrong.stderr
+    plain = run_script("--universal-reports", tmp_path / "ours", *common, "--no-mirror")  # made with mirror
+    assert plain.returncode != 0 and "mirror = True" in plain.stderr
     fewer = run_script("--universal-reports", tmp_path / "ours", *common[:-2], "--limit", 1)
     assert fewer.returncode != 0 and "--limit 1" in fewer.stderr
+    del ours["mirror"]  # a report from before mirror averaging counts as made without it
+    (tmp_path / "ours" / "hippo.json").write_text(json.dumps(ours))
+    older = run_script("--universal-reports", tmp_path / "ours", "--datasets", "hippo", *common[3:], "--no-mirror")
+    assert older.returncode == 0, older.stderr
 
 
 def test_finished_run_uses_its_manifest(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Reproduce with:
         --baseline runs/baseline/baseline.json          # from: universalseg train configs/baseline.yaml
         [--datasets ct_headneck_openkbp mri_hippocampus_msd ...] [--limit N] [--reports reports/]
         [--keep-largest | --no-keep-largest]        # default: the catalog's keep_largest tasks, both sides
+        [--mirror | --no-mirror]                    # default: mirror averaging of the catalog's tasks, both sides
 
 Both sides run the same `evaluate` path (the `segment` inference on each validation case, Dice and
 HD95 over the cases where the label is present). Without --baseline only the universal column is
@@ -13,7 +14,8 @@ filled. --baseline also takes a baseline run's folder (e.g. runs/baseline_equal)
 datasets (`baseline/<dataset>/best.pt`) are compared while the others still train.
 With --reports the universal model's per-dataset JSON reports are written there, ready for
 `universalseg export --evaluation reports/*.json`; --universal-reports reads them back instead of
-evaluating the universal model again (they must match --limit, --split and --keep-largest).
+evaluating the universal model again (they must match --limit, --split, --keep-largest and --mirror;
+a report older than mirror averaging counts as --no-mirror).
 --baseline-reports writes the baselines' reports; --baseline-from-reports reads them back instead of
 evaluating the baselines again (same checks), so a table of two finished evaluations costs nothing:
     .venv/bin/python benchmarks/universal_vs_specific.py --universal-reports reports/v070 \
@@ -50,17 +52,18 @@ def baseline_checkpoints(path: Path) -> dict[str, Path]:
     return {name: Path(p) for name, p in json.loads(manifest.read_text())["checkpoints"].items()}
 
 
-def read_report(folder: Path, name: str, split: str, limit: int | None, keep_largest: bool | None) -> dict:
-    """The report written earlier for ``name`` in ``folder``, checked against this run's split, limit and
-    keep_largest."""
+def read_report(folder: Path, name: str, split: str, limit: int | None, keep_largest: bool | None,
+                mirror: bool = True) -> dict:
+    """The report written earlier for ``name`` in ``folder``, checked against this run's split, limit,
+    keep_largest and mirror."""
     path = folder / f"{name}.json"
     if not path.is_file():
         raise SystemExit(f"error: no report {path}. What to do: run once with --reports / --baseline-reports "
                          f"{folder}, or `universalseg evaluate ... --json {path}`")
     report = json.loads(path.read_text())
-    wanted = {"split": split, "keep_largest": "catalog" if keep_largest is None else keep_largest}
+    wanted = {"split": split, "keep_largest": "catalog" if keep_largest is None else keep_largest, "mirror": mirror}
     for key, value in wanted.items():
-        if report.get(key) != value:
+        if report.get(key, False if key == "mirror" else None) != value:
             raise SystemExit(f"error: {path} has {key} = {report.get(key)!r}, this run asks for {value!r}. "
                              "What to do: evaluate again (--reports) with these settings")
     recorded = report.get("limit", len(report["cases"]))  # older reports lack "limit": count their cases
@@ -98,12 +101,14 @@ def main() -> None:
                         help="read the task-specific side from the reports written earlier here")
     parser.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
                         help="largest connected component of every task / of none (default: catalog flags)")
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                        help="mirror averaging of the tasks the catalog gives a mirror (default) / of none")
     args = parser.parse_args()
     baselines = baseline_checkpoints(args.baseline) if args.baseline else {}
     for folder in (args.reports, args.baseline_reports):
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
-    options = InferenceOptions(keep_largest=args.keep_largest)
+    options = InferenceOptions(keep_largest=args.keep_largest, mirror=args.mirror)
 
     def evaluate(name: str, model: Path | None) -> dict:
         return evaluate_dataset(args.data_root / name, model=model, split=args.split, limit=args.limit,
@@ -113,11 +118,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in args.datasets:
         if args.universal_reports:
-            ours = read_report(args.universal_reports, name, args.split, args.limit, args.keep_largest)
+            ours = read_report(args.universal_reports, name, args.split, args.limit, args.keep_largest,
+                               args.mirror)
         else:
             ours = evaluate(name, args.universal)
         if args.baseline_from_reports:
-            theirs = read_report(args.baseline_from_reports, name, args.split, args.limit, args.keep_largest)
+            theirs = read_report(args.baseline_from_reports, name, args.split, args.limit, args.keep_largest,
+                                 args.mirror)
         else:
             theirs = evaluate(name, baselines[name]) if name in baselines else None
         if args.reports:
