@@ -109,8 +109,8 @@ class Task:
     refine_plane: str = "axial"  # slices a 2D refiner works on: axial, coronal or sagittal (the one measured best)
     keep_largest: bool = False  # keep only the largest connected piece by default: one-piece anatomy, measured to help
     keep_largest_joint: bool = False  # with its group's other flagged tasks: largest piece of their union (touching)
-    mirror: str | None = None  # the task it becomes in the left-right mirror image (itself when unpaired); None:
-    # a mirrored image is not this anatomy (the heart), so no mirror averaging
+    mirror: str | None = None  # the task it becomes in the left-right mirror image (itself when unpaired); None: no
+    # mirror averaging (a mirrored heart is not anatomy; it hurt the oesophagus and the hippocampus, README)
 
     def applies_to(self, modality_id: str) -> bool:
         """Whether the task is defined for this modality id (exact: ``"MR"`` does not cover ``"MR-T2"``)."""
