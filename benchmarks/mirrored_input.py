@@ -4,7 +4,8 @@ Reproduce with (about 3 minutes for ACDC's validation split on 2 threads):
     .venv/bin/python benchmarks/mirrored_input.py ../shared/data/mri_cardiac_acdc \
         [--model PATH] [--json reports/mirrored/mri_cardiac_acdc.json]
 
-Each validation case is mirrored along its x (left-right) voxel axis, segmented without mirror
+Each validation case is mirrored along its first voxel axis (x: left to right in the shared sets, whose
+directions are the identity), segmented without mirror
 averaging (``InferenceOptions(mirror=False)``), and its label map mirrored back before scoring, so
 the Dice is comparable with ``universalseg evaluate --no-mirror``. Labels are not swapped: use it on
 datasets without left/right pairs. A score far below the plain one means that the network relies on
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 
@@ -54,7 +54,7 @@ def main() -> None:
     print(markdown_table(report))
     if args.json:
         write_report(report, args.json)
-    print(f"mean Dice {np.round(report['mean_dice'], 3)} over {len(report['cases'])} cases")
+    print(f"mean Dice {report['mean_dice']:.3f} over {len(report['cases'])} cases")
 
 
 if __name__ == "__main__":
