@@ -4,8 +4,8 @@ Reproduce with (about 3 minutes for ACDC's validation split on 2 threads):
     .venv/bin/python benchmarks/mirrored_input.py ../shared/data/mri_cardiac_acdc \
         [--model PATH] [--json reports/mirrored/mri_cardiac_acdc.json]
 
-Each validation case is mirrored along its first voxel axis (x: left to right in the shared sets, whose
-directions are the identity), segmented without mirror
+Each validation case is mirrored along its first voxel axis (x: the left-right axis in the shared sets,
+whose directions are the identity or, for the hippocampus, x and y reversed), segmented without mirror
 averaging (``InferenceOptions(mirror=False)``), and its label map mirrored back before scoring, so
 the Dice is comparable with ``universalseg evaluate --no-mirror``. Labels are not swapped: use it on
 datasets without left/right pairs. A score far below the plain one means that the network relies on
