@@ -19,6 +19,7 @@ from conftest import REPO
 
 from UniversalSegLib.api import DEFAULT_MODEL, segment
 from UniversalSegLib.catalog import Catalog
+from UniversalSegLib.inference import largest_component
 
 SAMPLE = REPO / "samples" / "hippo_sample.nii.gz"
 REFERENCE = REPO / "samples" / "hippo_sample_label.nii.gz"
@@ -165,7 +166,13 @@ def test_cardiac_case_with_fewer_slices_than_the_window(shared_data):
     heart = predicted > 0
     # 0.97 (0.7.0), 0.95 (0.8.0, 0.8.3): lost only where the atrium wins
     assert np.mean(both[heart] == predicted[heart]) > 0.9
-    assert np.array_equal(both[both <= 3], predicted[both <= 3])
+    kept = (both >= 1) & (both <= 3)
+    assert np.array_equal(both[kept], predicted[kept])
+    # A heart voxel may also fall to 0, but only as a piece the atrium cut off from its label's largest piece
+    # (3 myocardium voxels with 0.8.5), which the per-label largest-component step then removes.
+    for value in range(1, 4):
+        dropped = (both == 0) & (predicted == value)
+        assert not (dropped & largest_component((predicted == value) & (both != 4))).any()
     mixed_scores = [dice(both == position, reference == value)
                     for position, value in enumerate(sorted(CARDIAC), start=1)]
     assert np.mean(mixed_scores) >= CARDIAC_MEAN_DICE_FLOOR, mixed_scores
