@@ -6,7 +6,7 @@ Reproduce with (about 3 minutes for ACDC's validation split on 2 threads):
 
 Each validation case is mirrored along its first voxel axis (``--mirror``; x: the left-right axis in the
 shared sets, whose directions are the identity or, for the hippocampus, x and y reversed) and/or turned by
-K quarter turns in its x-y voxel plane (``--turns``; the through-plane axis of ACDC's short-axis stacks),
+K quarter turns in its x-y voxel plane (``--turns``; about z, the through-plane axis of ACDC's stacks),
 segmented without mirror averaging (``InferenceOptions(mirror=False)``), and its label map transformed back
 before scoring, so the Dice is comparable with ``universalseg evaluate --no-mirror``. Labels are not
 swapped: use it on datasets without left/right pairs. A score far below the plain one means that the
