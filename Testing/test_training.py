@@ -360,6 +360,21 @@ def test_affine_zoom_range_scales_structures(tmp_path: Path) -> None:
     assert image.shape == (32, 96, 96) and set(np.unique(label)) <= {0, 1, 2}
 
 
+def test_invert_prob_negates_the_patch_and_keeps_its_labels(tmp_path: Path) -> None:
+    from UniversalSegLib.training.augment import PatchAugmenter
+
+    ds = read_dataset(make_dataset(tmp_path / "d", 1, {1: "A", 2: "B"}))
+    cached = prepare_case(ds.cases[0], None, "MR", tmp_path / "cache", labels=ds.labels)
+    plain, always = PatchAugmenter((16, 32, 32)), PatchAugmenter((16, 32, 32), invert_prob=1.0)
+    for seed in range(4):
+        (image, label), (inverted, same_label) = plain(cached, seed), always(cached, seed)
+        assert np.array_equal(inverted, -image) and np.array_equal(same_label, label)
+        assert image.std() > 0
+    off = PatchAugmenter((16, 32, 32), augment=False, invert_prob=1.0)
+    crop_only = PatchAugmenter((16, 32, 32), augment=False)
+    assert np.array_equal(off(cached, 0)[0], crop_only(cached, 0)[0])  # augment off: plain crops, never inverted
+
+
 # ------------------------------------------------------------------------------------------ config
 
 
@@ -378,6 +393,7 @@ def test_config_resolves_paths_and_rejects_unknown_keys(tmp_path: Path) -> None:
                         ("datasets: [{path: synth, patch_size: [30, 32, 32]}]\n", "multiples of 16"),
                         ("datasets: [{path: synth, scale_range: [1.2, 1.5]}]\n", "scale_range"),
                         ("datasets: [{path: synth, rotate_deg: 270}]\n", "rotate_deg"),
+                        ("datasets: [{path: synth, invert_prob: 1.5}]\n", "invert_prob"),
                         ("datasets: [{path: synth}]\nfused_kernels: 1\n", "fused_kernels")):
         path.write_text(text)
         with pytest.raises(InputError, match=named):

@@ -70,11 +70,14 @@ class PatchAugmenter:
         scale_range: (low, high) scale factor bounds; for anisotropic patches they apply in-plane and
             the through-plane axis keeps the default 0.85-1.15.
         rotate_deg: largest rotation in degrees (about the through-plane axis for anisotropic patches).
+        invert_prob: chance of negating the patch's intensities after the other intensity changes (MONAI
+            has no random contrast inversion); drawn only when above 0, so other configs keep their patches.
     """
 
     def __init__(self, patch_zyx: Sequence[int], flip_axes: Sequence[str] = (), foreground_prob: float = 0.5,
                  augment: bool = True, affine_prob: float = AFFINE_PROB,
-                 scale_range: Sequence[float] = SCALE_RANGE, rotate_deg: float = ROTATE_DEG) -> None:
+                 scale_range: Sequence[float] = SCALE_RANGE, rotate_deg: float = ROTATE_DEG,
+                 invert_prob: float = 0.0) -> None:
         from monai.transforms import (
             Compose,
             RandAdjustContrastd,
@@ -90,6 +93,7 @@ class PatchAugmenter:
         self.foreground_prob = foreground_prob
         self.augment = augment
         self.affine_prob = affine_prob
+        self.invert_prob = invert_prob
         anisotropic = min(self.patch) / max(self.patch) < 0.5
         rot = math.radians(rotate_deg)
         # A window holding the patch after the widest zoom-out and rotation (a square turned by r spans
@@ -142,6 +146,8 @@ class PatchAugmenter:
             self.flips.set_random_state(seed=monai_seed + 2)
             data = self.flips(data)
         image = np.asarray(_plain(data["image"])[0], dtype=np.float32)
+        if self.augment and self.invert_prob > 0 and rng.random() < self.invert_prob:
+            image = -image
         label = np.asarray(_plain(data["label"])[0]).round().astype(np.uint8)
         return image, label
 

@@ -51,6 +51,9 @@ class DatasetSpec:
             for anisotropic patches (the through-plane axis keeps 0.85-1.15).
         rotate_deg: largest rotation of that affine in degrees (about the through-plane axis for
             anisotropic patches; 180 is any in-plane orientation).
+        invert_prob: chance that a patch's intensities are negated (its contrast inverted), so that a
+            structure is learnt by shape as well as by brightness: one left-atrium scan has its blood
+            pool darker than its wall, where the other 79 have it brighter. 0 (off) by default.
     """
 
     path: str
@@ -64,6 +67,7 @@ class DatasetSpec:
     affine_prob: float = AFFINE_PROB
     scale_range: tuple[float, float] = SCALE_RANGE
     rotate_deg: float = ROTATE_DEG
+    invert_prob: float = 0.0
 
     @property
     def name(self) -> str:
@@ -233,6 +237,7 @@ class TrainConfig:
                    "<= high <= 3", "use e.g. [0.85, 1.15]")
             _check(0.0 <= d.rotate_deg <= 180.0, f"dataset {d.name}: rotate_deg must be in [0, 180]",
                    "use e.g. 15")
+            _check(0.0 <= d.invert_prob <= 1.0, f"dataset {d.name}: invert_prob must be in [0, 1]", "use e.g. 0.2")
         _check(self.mode in MODES, f"mode '{self.mode}' is unknown", f"use one of {', '.join(MODES)}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer '{self.optimizer}' is unknown",
                f"use one of {', '.join(OPTIMIZERS)}")

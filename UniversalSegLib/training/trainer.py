@@ -248,7 +248,7 @@ class IterationSamples(torch.utils.data.Dataset):
         self.generic_prob = generic_prob
         self.augmenters = [
             PatchAugmenter(tuple(r.spec.patch_size)[::-1], r.spec.flip_axes, r.spec.foreground_prob, augment,
-                           r.spec.affine_prob, r.spec.scale_range, r.spec.rotate_deg)
+                           r.spec.affine_prob, r.spec.scale_range, r.spec.rotate_deg, r.spec.invert_prob)
             for r in runs]
 
     def __len__(self) -> int:
