@@ -52,8 +52,9 @@ class DatasetSpec:
         rotate_deg: largest rotation of that affine in degrees (about the through-plane axis for
             anisotropic patches; 180 is any in-plane orientation).
         invert_prob: chance that a patch's intensities are negated (its contrast inverted), so that a
-            structure is learnt by shape as well as by brightness: one left-atrium scan has its blood
-            pool darker than its wall, where the other 79 have it brighter. 0 (off) by default.
+            structure is learnt by shape as well as by brightness: two of the 80 left-atrium scans have
+            their blood pool darker than the wall around it, where the others have it brighter or level.
+            0 (off) by default.
     """
 
     path: str
