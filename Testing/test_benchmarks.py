@@ -85,8 +85,8 @@ def test_finished_run_uses_its_manifest(tmp_path: Path) -> None:
 
 
 def test_transformed_input_maps_labels_back_onto_the_original_voxels(tiny_checkpoint: Path, one_thread) -> None:
-    """Segmenting an image through a view (mirror + a quarter turn) equals segmenting that view directly and
-    mapping its labels back: the transform and its inverse match, also on a non-square plane."""
+    """Segmenting an image through a view (mirror + a quarter turn, and contrast-inverted) equals segmenting that
+    view directly and mapping its labels back: the transform and its inverse match, also on a non-square plane."""
     import importlib.util
 
     import numpy as np
@@ -108,3 +108,8 @@ def test_transformed_input_maps_labels_back_onto_the_original_voxels(tiny_checkp
     assert through.GetSize() == original.GetSize()
     assert direct.any()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(through), bench.transform(direct, True, 1, inverse=True))
+    negated = sitk.GetImageFromArray(-sitk.GetArrayFromImage(view))
+    inverted = sitk.GetArrayFromImage(segment(negated, **kwargs).labels)
+    assert (inverted != direct).any()  # the network sees another image
+    through = bench.transformed_segment(original, mirror=True, turns=1, invert=True, **kwargs).labels
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(through), bench.transform(inverted, True, 1, inverse=True))

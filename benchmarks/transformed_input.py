@@ -1,14 +1,16 @@
-"""How the network does on mirrored or turned images: can a dataset's results be averaged over such views?
+"""How the network does on mirrored, turned or contrast-inverted images: can results be averaged over such views?
 
 Reproduce with (about 3 minutes for ACDC's validation split on 2 threads):
     .venv/bin/python benchmarks/transformed_input.py ../shared/data/mri_cardiac_acdc [--mirror] [--turns K] \
-        [--model PATH] [--json reports/mirrored/mri_cardiac_acdc.json]
+        [--invert] [--model PATH] [--json reports/mirrored/mri_cardiac_acdc.json]
 
 Each validation case is mirrored along its first voxel axis (``--mirror``; x: the left-right axis in the
 shared sets, whose directions are the identity or, for the hippocampus, x and y reversed) and/or turned by
 K quarter turns in its x-y voxel plane (``--turns``; about z, the through-plane axis of ACDC's stacks),
-segmented without mirror averaging (``InferenceOptions(mirror=False)``), and its label map transformed back
-before scoring, so the Dice is comparable with ``universalseg evaluate --no-mirror``. Labels are not
+and/or its intensities negated (``--invert``; what ``invert_prob`` does to training patches: the
+2nd-98th percentile clip and z-score of MR inputs commute with it), segmented without mirror averaging
+(``InferenceOptions(mirror=False)``), and its label map transformed back before scoring, so the Dice is
+comparable with ``universalseg evaluate --no-mirror``. Labels are not
 swapped: use it on datasets without left/right pairs. A score far below the plain one means that the
 network relies on that orientation (it has learnt the heart's handedness and its pose on the frames), so
 averaging over such views would hurt there.
@@ -43,13 +45,15 @@ def transform(array: np.ndarray, mirror: bool, turns: int, inverse: bool = False
     return np.ascontiguousarray(np.rot90(array, turns, axes=(1, 2)))
 
 
-def transformed_segment(image: str | Path | sitk.Image, mirror: bool = False, turns: int = 0, **kwargs: object):
+def transformed_segment(image: str | Path | sitk.Image, mirror: bool = False, turns: int = 0, invert: bool = False,
+                        **kwargs: object):
     """``segment`` on the transformed image, its label map transformed back onto the original voxels.
 
     A turned image keeps the origin, spacing and direction of the original (its in-plane spacing is
     equal on the data this is meant for), so only the voxels move."""
     original = image if isinstance(image, sitk.Image) else sitk.ReadImage(str(image))
-    moved = sitk.GetImageFromArray(transform(sitk.GetArrayFromImage(original), mirror, turns))
+    voxels = transform(sitk.GetArrayFromImage(original), mirror, turns)
+    moved = sitk.GetImageFromArray(-voxels.astype(np.float32) if invert else voxels)
     moved.SetOrigin(original.GetOrigin())
     moved.SetSpacing(original.GetSpacing())
     moved.SetDirection(original.GetDirection())
@@ -65,6 +69,7 @@ def main() -> None:
     parser.add_argument("dataset", type=Path, help="folder with dataset.json")
     parser.add_argument("--mirror", action="store_true", help="mirror each case along its x axis")
     parser.add_argument("--turns", type=int, default=0, choices=range(4), help="quarter turns in the x-y plane")
+    parser.add_argument("--invert", action="store_true", help="negate each case's intensities")
     parser.add_argument("--model", type=Path, help="checkpoint (default: the bundled model)")
     parser.add_argument("--split", default="val", help="val, train or all (default: val)")
     parser.add_argument("--json", type=Path, help="also write the report here")
@@ -74,9 +79,11 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     report = evaluate_dataset(args.dataset, model=args.model, split=args.split,
-                              segment_fn=partial(transformed_segment, mirror=args.mirror, turns=args.turns),
+                              segment_fn=partial(transformed_segment, mirror=args.mirror, turns=args.turns,
+                                                 invert=args.invert),
                               options=InferenceOptions(mirror=False))
-    report["input"] = f"mirror {args.mirror}, {args.turns} quarter turns in x-y; labels transformed back"
+    report["input"] = (f"mirror {args.mirror}, {args.turns} quarter turns in x-y, inverted {args.invert}; "
+                       "labels transformed back")
     print(markdown_table(report))
     if args.json:
         write_report(report, args.json)
