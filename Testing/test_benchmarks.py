@@ -113,3 +113,27 @@ def test_transformed_input_maps_labels_back_onto_the_original_voxels(tiny_checkp
     assert (inverted != direct).any()  # the network sees another image
     through = bench.transformed_segment(original, mirror=True, turns=1, invert=True, **kwargs).labels
     np.testing.assert_array_equal(sitk.GetArrayFromImage(through), bench.transform(inverted, True, 1, inverse=True))
+
+
+def test_threshold_sweep_matches_segment_at_each_threshold(tmp_path: Path, tiny_checkpoint: Path, one_thread) -> None:
+    """Re-thresholding kept probabilities gives what ``segment`` gives with that threshold, case by case, while
+    the network runs once per case."""
+    import importlib.util
+
+    from UniversalSegLib.inference import InferenceOptions
+    from UniversalSegLib.training.evaluate import evaluate_dataset
+
+    spec = importlib.util.spec_from_file_location("threshold_sweep", REPO / "benchmarks" / "threshold_sweep.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = make_dataset(tmp_path / "hippo")
+    cached, rows = bench.CachedProbabilities(), {}
+    for threshold in (0.3, 0.5, 0.7):
+        cached.threshold = threshold
+        swept = evaluate_dataset(data, model=tiny_checkpoint, segment_fn=cached)
+        direct = evaluate_dataset(data, model=tiny_checkpoint, options=InferenceOptions(threshold=threshold))
+        strip = [{k: v for k, v in row.items() if k != "seconds"} for row in swept["cases"]]
+        assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in direct["cases"]]
+        rows[threshold] = strip
+    assert len(cached.results) == 2  # case c has no label file: two images segmented, once each
+    assert rows[0.3] != rows[0.7]  # the threshold mattered
