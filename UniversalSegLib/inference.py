@@ -266,9 +266,7 @@ class Segmenter:
             on_grid.CopyInformation(grid)
             native = to_grid(on_grid, image, sitk.sitkLinear, default=0.0)
             prob = sitk.GetArrayFromImage(native)
-            win = (prob >= options.threshold) & (prob > best)
-            labels[win] = value
-            best[win] = prob[win]
+            vote(prob, value, options.threshold, best, labels)
             if options.probabilities:
                 kept[task.id] = native
 
@@ -295,6 +293,19 @@ class Segmenter:
         out = sitk.GetImageFromArray(labels)
         out.CopyInformation(image)
         return out
+
+
+def vote(prob: np.ndarray, value: int, threshold: float, best: np.ndarray, labels: np.ndarray) -> None:
+    """Give ``value`` to the voxels of ``labels`` where ``prob`` reaches ``threshold`` and beats ``best`` (updated).
+
+    >>> best, labels = np.zeros(3, np.float32), np.zeros(3, np.uint8)
+    >>> vote(np.array([0.9, 0.6, 0.2]), 1, 0.5, best, labels); vote(np.array([0.7, 0.8, 0.4]), 2, 0.5, best, labels)
+    >>> labels.tolist()
+    [1, 2, 0]
+    """
+    win = (prob >= threshold) & (prob > best)
+    labels[win] = value
+    best[win] = prob[win]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 import torch
 
 from UniversalSegLib.api import segment
-from UniversalSegLib.inference import InferenceOptions, Segmenter
+from UniversalSegLib.inference import InferenceOptions, Segmenter, vote
 from UniversalSegLib.training.evaluate import evaluate_dataset, write_report
 
 
@@ -48,8 +48,7 @@ class CachedProbabilities:
             prob = sitk.GetArrayFromImage(result.probabilities[task.id])
             if labels is None:
                 best, labels = np.zeros(prob.shape, np.float32), np.zeros(prob.shape, np.uint8)
-            win = (prob >= self.threshold) & (prob > best)
-            labels[win], best[win] = value, prob[win]
+            vote(prob, value, self.threshold, best, labels)
         labels_image = Segmenter._keep_largest(labels, result.labels, options, result.tasks)
         return replace(result, labels=labels_image)
 
