@@ -25,7 +25,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-refine.txt pyprojec
 demo: $(STAMP)
 	mkdir -p $(DEMO_OUT)
 	$(VENV)/bin/universalseg segment samples/hippo_sample.nii.gz -o $(DEMO_OUT)/hippo_sample_seg.nii.gz \
-		--group Hippocampus --modality MR-T1 --preview $(DEMO_OUT)/hippo_sample_preview.png
+		--group Hippocampus --modality MR-T1 --preview $(DEMO_OUT)/hippo_sample_preview.png --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q Testing

@@ -45,6 +45,54 @@ def test_tasks_json_lists_catalog():
     assert table.returncode == 0 and "hippocampus_anterior" in table.stdout and "mandible" not in table.stdout
 
 
+def test_tasks_lists_only_what_the_model_validated():
+    rows = json.loads(cli("tasks", "--json", "--modality", "CT").stdout)
+    assert [t["id"] for t in rows] == HN  # the model's 7 CT tasks, not the catalog's 35 CT structures
+    assert all(0.5 <= t["dice"] <= 1 and not t["weak"] and t["in_model"] for t in rows)
+    assert rows[HN.index("mandible")]["dice"] == pytest.approx(0.8565, abs=1e-3)
+    default = cli("tasks")
+    assert default.returncode == 0 and "brain_tumour" not in default.stdout and "Dice 0.86" in default.stdout
+    assert "4 weak task(s) hidden" in default.stderr
+    weak = json.loads(cli("tasks", "--json", "--weak", "--modality", "MR-FLAIR").stdout)
+    assert [t["id"] for t in weak][:1] == ["brain_tumour_necrosis"] and all(t["weak"] for t in weak)
+    assert all(t["dice"] < 0.5 for t in weak)
+
+
+def test_tasks_all_marks_catalog_entries_not_in_the_model():
+    rows = json.loads(cli("tasks", "--json", "--all", "--modality", "CT").stdout)
+    by_id = {t["id"]: t for t in rows}
+    assert set(HN) <= set(by_id) and by_id["liver"]["in_model"] is False and by_id["liver"]["dice"] is None
+    assert len(rows) > len(HN)
+    table = cli("tasks", "--all", "--modality", "CT").stdout
+    assert "not in model" in table.splitlines()[-1]
+
+
+def test_tasks_of_another_model_read_from_its_manifest(tmp_path):
+    manifest = json.loads((Path(__file__).resolve().parents[1] / "UniversalSegLib/weights/universalseg-small.json")
+                          .read_text())
+    manifest["task_ids"] = ["spleen", "mandible"]
+    manifest["validation"] = {"ct_headneck_openkbp": {"labels": {"Mandible": {"dice": 0.4}}}}
+    manifest["validation_during_training"] = {}
+    manifest["training"]["datasets"] = [{"name": "ct_headneck_openkbp", "modality": "CT"}]
+    (tmp_path / "other.json").write_text(json.dumps(manifest))
+    rows = json.loads(cli("tasks", "--json", "--weak", "--model", str(tmp_path / "other.pt")).stdout)
+    assert [(t["id"], t["dice"], t["weak"]) for t in rows] == [("spleen", None, True), ("mandible", 0.4, True)]
+    ct = json.loads(cli("tasks", "--json", "--weak", "--modality", "CT", "--model", str(tmp_path / "other.pt")).stdout)
+    assert [t["id"] for t in ct] == ["mandible"]  # spleen: no training data, so no modality it is validated on
+    assert json.loads(cli("tasks", "--json", "--model", str(tmp_path / "other.json")).stdout) == []
+    missing = cli("tasks", "--model", str(tmp_path / "none.pt"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no model manifest")
+
+
+def test_tasks_loads_no_torch():
+    code = ("import sys, io, contextlib\nfrom UniversalSegLib.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['tasks', '--all', '--json']) == 0\n"
+            "print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+
+
 def test_segment_kbp_case_with_task_order_and_sidecar(kbp_case, coarse_checkpoint, tmp_path):
     before = sha(kbp_case)
     out = tmp_path / "seg.nii.gz"

@@ -91,8 +91,7 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.currentPathChanged.connect(lambda path: self._set("modelPath", path))
         self.ui.medsam2CheckpointLineEdit.nameFilters = ["Checkpoints (*.pt *.pth)"]
         self.ui.medsam2CheckpointLineEdit.currentPathChanged.connect(lambda p: self._set("medsam2Checkpoint", p))
-        self.ui.refineSegmentSelector.selectionChanged.connect(self.updateGUI)
-        self.ui.inputSelector.currentNodeChanged.connect(self.onInputChanged)
+        self.ui.refineSegmentSelector.segmentSelectionChanged.connect(self.updateGUI)
         self.ui.taskTree.itemChanged.connect(self.onTasksChanged)
         self.ui.segmentButton.clicked.connect(self.onSegment)
         self.ui.cancelButton.clicked.connect(lambda: self.job and self.job.cancel())
@@ -118,11 +117,13 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setParameterNode(self, node):
         if self._parameterNode is not None:
+            self.ui.inputSelector.currentNodeChanged.disconnect(self.onInputChanged)
             self._parameterNode.disconnectGui(self._guiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
         self._parameterNode = node
         if node is not None:
-            self._guiTag = node.connectGui(self.ui)
+            self._guiTag = node.connectGui(self.ui)  # first: the parameter node takes the new volume, then the guess
+            self.ui.inputSelector.currentNodeChanged.connect(self.onInputChanged)
             self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
             self.updateGUI()
 

@@ -32,7 +32,8 @@ from .errors import CatalogError
 
 BUNDLED = Path(__file__).with_name("catalog.json")
 #: Slicer context names used in segment terminology strings (``vtkSegment`` tag ``TerminologyEntry``).
-SEGMENTATION_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+#: The DICOM master list: the General Anatomy list lacks e.g. the parotid glands and the hippocampus (issue 24).
+SEGMENTATION_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 KINDS = ("CT", "MR", "PET", "US", "photo")
 DICOM_MODALITIES = ("CT", "MR", "PT", "US", "OP")
@@ -121,7 +122,7 @@ class Task:
 
         >>> for part in Catalog.load().task("kidney_left").terminology_entry().split("~"):
         ...     print(part)
-        Segmentation category and type - 3D Slicer General Anatomy list
+        Segmentation category and type - DICOM master list
         SCT^123037004^Anatomical Structure
         SCT^64033007^Kidney
         SCT^7771000^Left

@@ -1,6 +1,6 @@
 """The ``universalseg`` command line.
 
-    universalseg tasks [--modality M] [--json]
+    universalseg tasks [--modality M] [--json] [--model PATH] [--weak] [--all]
     universalseg segment IMAGE -o OUT [--modality M] [--task T ...] [--group G ...] [--model PATH]
                          [--device cpu|cuda|auto] [--threads N] [--force] [--[no-]keep-largest]
                          [--probabilities DIR] [--window X Y Z] [--overlap F] [--batch N] [--blend gaussian|constant]
@@ -30,9 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="universalseg", description="Universal medical image segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tasks = sub.add_parser("tasks", help="list the structures the catalog knows")
-    tasks.add_argument("--modality", help="only tasks that apply to this modality")
+    tasks = sub.add_parser("tasks", help="list the structures the model can segment, with their validation Dice")
+    tasks.add_argument("--modality", help="only tasks the model was trained on for this modality")
     tasks.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    tasks.add_argument("--model", help="list this model's tasks (its MODEL.json manifest; default: the bundled model)")
+    tasks.add_argument("--weak", action="store_true", help="also the weak tasks (validation Dice below 0.5)")
+    tasks.add_argument("--all", action="store_true",
+                       help="the whole catalog: weak tasks and those not in the model (marked) too")
 
     seg = sub.add_parser("segment", help="segment one image (file or DICOM folder)")
     seg.add_argument("image", help="NIfTI, NRRD or MHA file, or a folder with one DICOM series")
@@ -57,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="average with the left-right mirrored image, paired organs swapped, for the tasks the "
                           "catalog gives a mirror (default; twice their time); --no-mirror: plain")
     seg.add_argument("--preview", metavar="PNG", help="also write three orthogonal slices with the overlay")
+    seg.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (never an input)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_segment_refine_options(seg)
 
@@ -64,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("dataset", help="folder with dataset.json (shared format or nnU-Net raw layout)")
     ev.add_argument("--model", help="checkpoint file (default: the bundled model)")
     ev.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --json report")
     ev.add_argument("--limit", type=int, help="only the first N cases by id")
     ev.add_argument("--split", default="all", choices=["all", "train", "val"], help="cases of this split only")
     ev.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -75,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_refine_parser(sub)
 
     tr = sub.add_parser("train", help="train a model from a YAML config (see configs/default.yaml)", add_help=False)
-    tr.add_argument("rest", nargs=argparse.REMAINDER, help="CONFIG.yaml [--resume/--no-resume] [--iterations N] ...")
+    tr.add_argument("rest", nargs=argparse.REMAINDER,
+                    help="CONFIG.yaml [--resume/--no-resume] [--overwrite] [--iterations N] ...")
 
     ex = sub.add_parser("export", help="ship a trained checkpoint: weights without machine paths + manifest")
     ex.add_argument("checkpoint", help="best.pt or final.pt of a training run")
@@ -83,33 +90,50 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--version", help="model version (default: the package version)")
     ex.add_argument("--evaluation", nargs="*", default=[], metavar="REPORT.json",
                     help="reports of `universalseg evaluate --split val --json` to record in the manifest")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing OUT.pt / OUT.json")
     return parser
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    """Print the catalog's tasks, optionally for one modality."""
+    """Print what the model can segment (optionally for one modality) with its validation Dice; torch-free."""
     from .catalog import Catalog
+    from .model_tasks import WEAK_DICE, offered_tasks
 
     catalog = Catalog.load()
-    modality = catalog.modality(args.modality).id if args.modality else None
-    tasks = catalog.tasks_for(modality)
+    show_weak = args.weak or args.all
+    offered = offered_tasks(args.modality, show_weak=show_weak, model=args.model, catalog=catalog,
+                            include_catalog=args.all)
+    hidden = 0 if show_weak else len(offered_tasks(args.modality, True, args.model, catalog)) - len(offered)
     if args.json:
-        print(json.dumps([t.to_dict() for t in tasks], indent=2))
-        return 0
-    width = max(len(t.id) for t in tasks)
-    for task in tasks:
-        group = task.to_dict()["group"]
-        print(f"{task.id:<{width}}  {task.name:<32}  {group:<30}  {', '.join(task.modalities)}")
+        rows = [{**catalog.task(t.id).to_dict(), "dice": t.dice, "weak": t.weak, "in_model": t.in_model,
+                 "model_modality": t.modality, "dice_source": t.source} for t in offered]
+        print(json.dumps(rows, indent=2))
+    elif offered:
+        width = max(len(t.id) for t in offered)
+        for t in offered:
+            task = catalog.task(t.id)
+            dice = "not in model" if not t.in_model else (f"Dice {t.dice:.2f}" if t.dice is not None else "no Dice")
+            flag = "  (weak)" if t.in_model and t.weak else ""
+            print(f"{t.id:<{width}}  {task.name:<32}  {dice:<12}  {task.to_dict()['group']:<30}  "
+                  f"{t.modality or ', '.join(task.modalities)}{flag}")
+    else:
+        print("no task of this model for this modality", file=sys.stderr)
+    if hidden:
+        print(f"{hidden} weak task(s) hidden (validation Dice below {WEAK_DICE}); --weak shows them, --all shows "
+              "the whole catalog", file=sys.stderr)
     return 0
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment one image and write the result."""
     from .api import InferenceOptions, segment, write_result
-    from .volume import check_writable, read_image
+    from .safe_write import check_outputs, commit, temp_path
+    from .volume import read_image
+    from .writers import sidecar_path
 
-    for path in filter(None, (args.output, args.preview)):
-        check_writable(path)  # fail before minutes of inference, not after
+    inputs = [args.image, args.model, getattr(args, "weights", None)]
+    sidecar = None if str(args.output).lower().endswith(".seg.nrrd") else sidecar_path(args.output)
+    check_outputs([args.output, sidecar, args.preview], inputs, args.overwrite)  # fail before minutes of inference
     image, info = read_image(args.image)
     options = InferenceOptions(
         window=tuple(args.window) if args.window else None, overlap=args.overlap, batch_size=args.batch,
@@ -123,11 +147,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
         )
     if args.refine or args.refine_task:
         result = refine_result(image, result, args)
-    written = write_result(result, args.output, probabilities_dir=args.probabilities, source=str(args.image))
+    written = write_result(result, args.output, probabilities_dir=args.probabilities, source=str(args.image),
+                           overwrite=args.overwrite, inputs=tuple(filter(None, inputs)))
     if args.preview:
         from .preview import write_preview
 
-        written.append(write_preview(image, result, args.preview))
+        check_outputs([args.preview], filter(None, inputs), args.overwrite)
+        tmp = temp_path(args.preview)
+        try:
+            write_preview(image, result, tmp)
+            written.append(commit(tmp, args.preview, args.overwrite))
+        finally:
+            tmp.unlink(missing_ok=True)
     print(f"segmented {len(result.tasks)} structure(s) ({result.modality.id}) in {result.seconds:.1f} s:")
     for value, task in enumerate(result.tasks, start=1):
         print(f"  {value}: {task.name}")
@@ -138,12 +169,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model on a dataset folder; print the Markdown table."""
-    from .inference import InferenceOptions
-    from .training.evaluate import evaluate_dataset, markdown_table, write_report
-    from .volume import check_writable
+    from pathlib import Path
 
-    if args.json:
-        check_writable(args.json)
+    from .inference import InferenceOptions
+    from .safe_write import check_outputs
+    from .training.evaluate import evaluate_dataset, markdown_table, write_report
+
+    inputs = [Path(args.dataset) / "dataset.json", args.model, getattr(args, "weights", None)]
+    check_outputs([args.json], filter(None, inputs), args.overwrite)
     if args.threads:
         import torch
 
@@ -161,7 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for failure in report["failed"]:
         print(f"failed: {failure['case']}: {failure['error']}")
     if args.json:
-        write_report(report, args.json)
+        write_report(report, args.json, overwrite=args.overwrite, inputs=tuple(filter(None, inputs)))
     return 0
 
 
@@ -170,9 +203,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin
+    rest = [a for a in args.rest if a != "--overwrite"]
+    if "--no-resume" in rest and "--overwrite" not in args.rest and rest and not rest[0].startswith("-"):
+        _check_fresh_run_dir(rest[0])
     from .training.trainer import main_train
 
-    return main_train(args.rest)
+    return main_train(rest)
+
+
+def _check_fresh_run_dir(config_path: str) -> None:
+    """``train --no-resume`` starts over: refuse when the run folder already holds checkpoints (unless --overwrite)."""
+    from .errors import OutputError
+    from .training.config import load_config
+
+    folder = load_config(config_path).output_path
+    if folder.is_dir() and any(folder.rglob("*.pt")):
+        raise OutputError(f"training run folder '{folder}' already holds checkpoints; --no-resume would replace them",
+                          "pass --overwrite to start over there, drop --no-resume to continue, or set another "
+                          "output_dir in the config")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -185,7 +233,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         report = json.loads(open(path, encoding="utf-8").read())
         keys = ("split", "limit", "keep_largest", "mirror", "labels", "mean_dice", "seconds_per_case")
         reports[report["dataset"]] = {k: report[k] for k in keys if k in report}
-    manifest = export_model(args.checkpoint, args.output, args.version or __version__, reports)
+    manifest = export_model(args.checkpoint, args.output, args.version or __version__, reports,
+                            overwrite=args.overwrite, inputs=(*args.evaluation,))
     print(f"wrote {args.output} (sha256 {manifest['sha256']}) and its manifest; usage: {manifest['usage']}")
     return 0
 

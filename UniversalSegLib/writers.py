@@ -8,7 +8,6 @@ renamed only when every one of them was written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from . import __version__
 from .catalog import Task
 from .errors import OutputError
 from .inference import SegmentationResult
-from .volume import atomic_write, check_writable
+from .safe_write import check_outputs, commit, temp_path
 
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -53,12 +52,14 @@ def _task_entry(task: Task) -> dict:
 
 
 def write_result(result: SegmentationResult, path: str | Path, probabilities_dir: str | Path | None = None,
-                 source: str = "") -> list[Path]:
+                 source: str = "", overwrite: bool = False, inputs: tuple = ()) -> list[Path]:
     """Write ``result`` by the extension of ``path``; return the paths written.
 
     ``.seg.nrrd`` gives a Slicer segmentation file (names, colours, terminology in its header);
     ``.nii.gz``/``.nii``/``.nrrd``/``.mha`` a label map plus ``<name>.json``. With
     ``probabilities_dir`` each task's probability map goes to ``<dir>/<task id>.nii.gz``.
+    No output may be one of ``inputs`` (nor ``source``); existing outputs are replaced only with
+    ``overwrite`` (see :mod:`UniversalSegLib.safe_write`).
     """
     path = Path(path)
     lower = path.name.lower()
@@ -78,15 +79,26 @@ def write_result(result: SegmentationResult, path: str | Path, probabilities_dir
         except OSError as err:
             raise OutputError(f"cannot create folder '{folder}' ({err.strerror})", "choose another path") from None
         outputs += [(folder / f"{task_id}.nii.gz", image) for task_id, image in result.probabilities.items()]
-    for target, _ in outputs:
-        check_writable(target)
-    with contextlib.ExitStack() as stack:
+    check_outputs([target for target, _ in outputs], [*inputs, source], overwrite)
+    temps: list[Path] = []
+    try:
         for target, content in outputs:
-            tmp = stack.enter_context(atomic_write(target))
+            tmp = temp_path(target)
+            temps.append(tmp)
             if isinstance(content, str):
-                tmp.write_text(content)
+                try:
+                    tmp.write_text(content)
+                except OSError as err:
+                    raise OutputError(f"cannot write '{target}' ({err.strerror})",
+                                      "check free disk space and permissions") from None
             else:
                 _write_sitk(content, tmp, target)
+        for tmp, (target, _) in zip(list(temps), outputs, strict=True):
+            commit(tmp, target, overwrite)
+            temps.remove(tmp)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
     return [target for target, _ in outputs]
 
 

@@ -123,7 +123,8 @@ def preset(name: str, num_tasks: int, num_modalities: int) -> HermesConfig:
     """Named network size for a given pool size.
 
     ``"paper"`` is Hermes-R as published (about 61 M parameters for 72 tasks, 6 modalities).
-    ``"small"`` is the CPU default, sized by ``benchmarks/model_presets.py``.
+    ``"small"`` (7.1 M parameters) is the CPU-sized preset chosen by ``benchmarks/model_presets.py``; it is
+    not what ships: the bundled model overrides the widths (8/16/32/64/128, one block per stage, 3.1 M).
 
     >>> preset("small", 7, 6).fusion_blocks
     (1, 1, 2, 1, 1)

@@ -46,6 +46,7 @@ def add_refine_parser(sub: argparse._SubParsersAction) -> None:
                        help="a 3D box in voxel indices of IMAGE; repeat for several objects (values 1, 2, ...)")
     ref.add_argument("-o", "--output", required=True,
                      help="label map to write (.nii.gz, .nrrd, .mha); keeps COARSE's label values")
+    ref.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never IMAGE or COARSE)")
     ref.add_argument("--modality", help="CT, MR-T1, ... (guessed from DICOM tags or intensities if left out)")
     ref.add_argument("--label", type=int, action="append", help="refine only this label value of COARSE (repeat)")
     ref.add_argument("--task", help="the structure inside --box (picks CT window and slice plane), e.g. mandible")
@@ -131,11 +132,14 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     from ..api import choose_modality
     from ..catalog import Catalog
-    from ..volume import check_writable, read_image, write_image
+    from ..safe_write import atomic_output, check_outputs
+    from ..volume import read_image
+    from ..writers import _write_sitk
     from .pipeline import check_coarse, refine_boxes, refine_labelmap
     from .prompts import Box3D
 
-    check_writable(args.output)
+    inputs = tuple(filter(None, (args.image, args.mask, getattr(args, "weights", None))))
+    check_outputs([args.output], inputs, args.overwrite)
     image, info = read_image(args.image)
     catalog = Catalog.load()
     boxes = [Box3D.parse(b) for b in args.box or []]
@@ -161,7 +165,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
             print(f"  label {value}: {note}")
     else:
         labels = refine_boxes(image, boxes, refiner=refiner, kind=modality.kind, task=task)
-    write_image(labels, args.output)
+    with atomic_output(args.output, args.overwrite, inputs) as tmp:
+        _write_sitk(labels, tmp, args.output)
     print(f"refined with {refiner.name} in {time.perf_counter() - start:.1f} s ({modality.id}); wrote {args.output}")
     return 0
 

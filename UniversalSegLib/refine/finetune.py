@@ -6,15 +6,16 @@ prompts jittered the way a coarse mask or a detector would give them (shifted an
 sometimes the box of a neighbouring slice, sometimes the exact box). Steps, each resumable:
 
     python -m UniversalSegLib.refine.finetune embed --split train   # encoder, ~1-2 s per slice on 2 threads
-    python -m UniversalSegLib.refine.finetune train                  # writes weights/litemedsam_finetuned.pt
+    python -m UniversalSegLib.refine.finetune train                  # writes cache/refine/litemedsam_finetuned.pt
     python -m UniversalSegLib.refine.finetune embed --split val
     python -m UniversalSegLib.refine.finetune evaluate               # Dice with ground-truth boxes -> manifest
 
 Splits: ``splits/<dataset>.json`` when the training engineer wrote one, else the same hash rule
 (80/20 by case id) without writing a file. ``train`` resumes from ``cache/refine/finetune_checkpoint.pt``
-(written every ``--every`` steps); ``--output`` writes the weights elsewhere (a candidate) and
-``evaluate --weights`` measures such a file. The shipped weights are step 300 of this run: see their
-manifest, ``UniversalSegLib/weights/litemedsam_finetuned.json``.
+(written every ``--every`` steps). The weights go to ``--output`` (default: a candidate in
+``cache/refine``, never the shipped weights; an existing file is replaced only with ``--overwrite``)
+and ``evaluate --weights`` measures such a file (default: that candidate). The shipped weights are step 300 of
+this run: see their manifest, ``UniversalSegLib/weights/litemedsam_finetuned.json``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch.nn import functional as F
 
 from .. import __version__
 from ..catalog import Catalog
-from .litemedsam import FINETUNED, EmbeddingCache, LiteMedSAM, SlicePredictor, wheel_checkpoint
+from .litemedsam import EmbeddingCache, LiteMedSAM, SlicePredictor, wheel_checkpoint
 from .prompts import box_of, piece_boxes
 from .slices import boxes_to_input, ct_window, logits_to_slice, refine_axis, scale_intensity, task_plane
 
@@ -43,6 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 WORK = REPO / "cache" / "refine"
 EMBEDDINGS = REPO / "cache" / "refine_embeddings"
+CANDIDATE = WORK / "litemedsam_finetuned.pt"  # default output: never the shipped weights (FINETUNED)
 DATASETS = ("mri_hippocampus_msd", "ct_headneck_openkbp")
 
 
@@ -178,6 +180,10 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train the prompt encoder and mask decoder; checkpoints every ``--every`` steps and resumes from them."""
+    from ..safe_write import check_outputs
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    check_outputs([args.output, args.output.with_suffix(".json")], (), args.overwrite)  # before hours of training
     torch.manual_seed(0)
     samples, volumes, keys = _samples("train")
     cache = EmbeddingCache(max_items=len(samples) + 16, folder=EMBEDDINGS)
@@ -230,14 +236,17 @@ def cmd_train(args: argparse.Namespace) -> None:
                   f"{time.perf_counter() - start:.0f} s", flush=True)
             running = []
     export(model, args.output, {"iterations": step, "batch": args.batch, "lr": args.lr,
-                                "train_samples": len(samples), "train_cases": len(volumes)})
+                                "train_samples": len(samples), "train_cases": len(volumes)}, args.overwrite)
 
 
-def export(model: LiteMedSAM, path: Path, facts: dict) -> None:
+def export(model: LiteMedSAM, path: Path, facts: dict, overwrite: bool = False) -> None:
     """Write the trained prompt encoder + mask decoder (float16) and start their manifest beside them."""
+    from ..safe_write import atomic_output
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.trained_state(), path)
-    _write_manifest(path, facts)
+    with atomic_output(path, overwrite) as tmp:
+        torch.save(model.trained_state(), tmp)
+    _write_manifest(path, facts, overwrite)
     print(f"wrote {path}", flush=True)
 
 
@@ -288,8 +297,10 @@ def _licence(dataset: str) -> str:
     return str(json.loads((DATA / dataset / "dataset.json").read_text(encoding="utf-8")).get("license", "unknown"))
 
 
-def _write_manifest(weights: Path, update: dict) -> None:
+def _write_manifest(weights: Path, update: dict, overwrite: bool = True) -> None:
     import hashlib
+
+    from ..safe_write import atomic_output
 
     path = weights.with_suffix(".json")
     manifest = json.loads(path.read_text()) if path.is_file() else {}
@@ -305,7 +316,8 @@ def _write_manifest(weights: Path, update: dict) -> None:
                  for d in DATASETS},
         "universalseg_version": __version__, "date": datetime.date.today().isoformat(),
     })
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    with atomic_output(path, overwrite, [weights]) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def _dataset_count(text: str) -> tuple[str, int]:
@@ -333,9 +345,13 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--batch", type=int, default=8)
     train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--every", type=int, default=25)
-    train.add_argument("--output", type=Path, default=FINETUNED, help="weights file to write (manifest beside it)")
+    train.add_argument("--output", type=Path, default=CANDIDATE,
+                       help="weights file to write, manifest beside it (default: cache/refine/litemedsam_finetuned.pt)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an existing --output (needed to replace the shipped weights)")
     evaluate_step = sub.add_parser("evaluate")
-    evaluate_step.add_argument("--weights", type=Path, default=FINETUNED, help="fine-tuned weights to measure")
+    evaluate_step.add_argument("--weights", type=Path, default=CANDIDATE,
+                               help="fine-tuned weights to measure (default: the train step's default output)")
     args = parser.parse_args(argv)
     if args.step == "embed":
         args.val_cases = {"mri_hippocampus_msd": 6, "ct_headneck_openkbp": 3} | dict(args.val_cases)

@@ -1,8 +1,8 @@
 """What the module panel shows and does, without Qt: the module file only moves these values into widgets.
 
     >>> from types import SimpleNamespace
-    >>> [row.name for row in task_tree("FUNDUS", selected=[])[0][0][1]]
-    ['Retinal vessels']
+    >>> [row.name for row in task_tree("MR-T1", selected=[])[0][0][1]]
+    ['Anterior hippocampus (Dice 0.88)', 'Posterior hippocampus (Dice 0.87)']
     >>> parameters = SimpleNamespace(inputVolume="ct", tasks=["mandible"], useBundledModel=True)  # the node
     >>> control_states(parameters, running=True, can_undo=True, can_refine=False)
     ControlStates(model_path=False, segment=False, cancel=True, undo=False, refine=False)
@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..catalog import Catalog
-from ..errors import CancelledError, UniversalSegError
+from ..errors import CancelledError, CheckpointError, UniversalSegError
+from ..model_tasks import WEAK_DICE, ModelTask, offered_tasks, weak_warning
 from ..refine.prompts import MODES
 from .dependencies import DEPENDENCIES, Dependency, dependency_error, missing_dependencies, pip_arguments
 from .jobs import JobStatus, SegmentationJob
 from .logic import SlicerSegmentationLogic
-from .modality import ModalityGuess, task_groups
+from .modality import ModalityGuess
 from .refinement import BACKENDS, RefinementRequest, backend_dependencies
 from .request import SegmentationRequest
 
@@ -52,14 +53,71 @@ class TaskRow(NamedTuple):
     checked: bool
 
 
-def task_tree(modality: str, selected: Sequence[str], catalog: Catalog | None = None) -> \
-        tuple[list[tuple[str, list[TaskRow]]], list[str]]:
-    """The structures of ``modality`` grouped for the tree, and which of ``selected`` remain chosen."""
-    groups = task_groups(modality, catalog)
-    chosen = [t.id for _, tasks in groups for t in tasks if t.id in selected]
-    rows = [(group, [TaskRow(t.id, t.name, f"{t.id}: {', '.join(t.modalities)}", t.id in chosen) for t in tasks])
-            for group, tasks in groups]
-    return rows, chosen
+class TaskTree(NamedTuple):
+    """The task tree's content: (group, rows) in catalog order, the ``selected`` ids still shown, the warning line
+    under the tree ("" for none) and how many weak tasks the tree hides."""
+
+    groups: list[tuple[str, list[TaskRow]]]
+    chosen: list[str]
+    warning: str
+    hidden: int
+
+
+def model_task_tree(modality: str, selected: Sequence[str], show_weak: bool = False,
+                    model: str | Path | None = None, catalog: Catalog | None = None) -> TaskTree:
+    """What the loaded model can segment for ``modality``, labelled ``"Mandible (Dice 0.86)"``.
+
+    ``model`` is the checkpoint in use (``None``: the bundled one); its manifest (``MODEL.json``) gives the tasks
+    and their validation Dice. Weak tasks (Dice below 0.5) are left out unless ``show_weak``; the warning says so.
+    Without a manifest the catalog's tasks of ``modality`` are listed as not validated, with a warning.
+
+    >>> tree = model_task_tree("CT", selected=["mandible", "liver"])
+    >>> tree.groups[0][1][-1].name, tree.chosen, tree.hidden
+    ('Mandible (Dice 0.86)', ['mandible'], 0)
+    >>> flair = model_task_tree("MR-FLAIR", selected=[])
+    >>> flair.groups, flair.hidden, flair.warning.startswith("4 weak tasks hidden")
+    ([], 4, True)
+    >>> [row.name for row in model_task_tree("MR-FLAIR", [], show_weak=True).groups[0][1]][:1]
+    ['Tumour necrosis (Dice 0.00)']
+    """
+    catalog = catalog or Catalog.load()
+    try:
+        shown = offered_tasks(modality, show_weak=True, model=model, catalog=catalog)
+        warning = ""
+    except CheckpointError as err:
+        shown = [ModelTask(t.id, t.name, None, None, weak=True, source="none") for t in catalog.tasks_for(modality)]
+        warning = f"{err.problem}: listing the catalog's tasks for {modality}, none validated for this model."
+    weak = [t for t in shown if t.weak]
+    hidden = 0 if show_weak or warning else len(weak)
+    if hidden:
+        shown = [t for t in shown if not t.weak]
+        warning = (f"{hidden} weak task{'s' if hidden > 1 else ''} hidden (validation Dice below {WEAK_DICE}): "
+                   "tick 'Show weak tasks' to list them.")
+    elif weak and not warning:
+        warning = weak_warning()
+    if not shown and not warning:
+        warning = f"The model has no task for {modality}."
+    order = {t.id: i for i, t in enumerate(catalog.tasks)}
+    groups: dict[str, list[TaskRow]] = {}
+    chosen = []
+    for t in sorted(shown, key=lambda t: order[t.id]):
+        task = catalog.task(t.id)
+        if t.id in selected:
+            chosen.append(t.id)
+        figure = f"validation Dice {t.dice:.2f} ({t.source})" if t.dice is not None else "not validated"
+        tip = f"{t.id}: trained on {t.modality or 'unknown'}; {figure}" + ("; weak" if t.weak else "")
+        groups.setdefault(task.group_name or task.group, []).append(TaskRow(t.id, t.label(), tip, t.id in selected))
+    return TaskTree(list(groups.items()), chosen, warning, hidden)
+
+
+def task_tree(modality: str, selected: Sequence[str], catalog: Catalog | None = None, show_weak: bool = False,
+              model: str | Path | None = None) -> tuple[list[tuple[str, list[TaskRow]]], list[str]]:
+    """The model's structures of ``modality`` grouped for the tree, and which of ``selected`` remain chosen.
+
+    The first two fields of :func:`model_task_tree` (which also gives the warning line).
+    """
+    tree = model_task_tree(modality, selected, show_weak=show_weak, model=model, catalog=catalog)
+    return tree.groups, tree.chosen
 
 
 def modality_hint(guess: ModalityGuess) -> str:

@@ -23,7 +23,6 @@ import SimpleITK as sitk
 from ..catalog import Catalog, Task
 from ..errors import CatalogError, InputError, UniversalSegError
 from ..inference import InferenceOptions
-from ..volume import atomic_write
 from .data import Case, DatasetInfo, load_or_make_split, read_dataset
 
 REPO_SPLITS = Path(__file__).resolve().parents[2] / "splits"
@@ -168,7 +167,9 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict, path: str | Path) -> None:
-    """Write the JSON report atomically."""
-    with atomic_write(path) as tmp:
+def write_report(report: dict, path: str | Path, overwrite: bool = True, inputs: tuple = ()) -> None:
+    """Write the JSON report atomically; never onto one of ``inputs``, nor an existing file unless ``overwrite``."""
+    from ..safe_write import atomic_output
+
+    with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
         tmp.write_text(json.dumps(report, indent=2, allow_nan=True))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import CheckpointError
-from ..volume import atomic_write, file_sha256
+from ..volume import file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 NON_COMMERCIAL_HINTS = ("non-commercial", "noncommercial", "research use", "research, non-commercial", "nc-")
@@ -97,14 +97,22 @@ def usage_terms(licences: dict[str, str]) -> str:
 
 
 def export_model(checkpoint: str | Path, output: str | Path, version: str = __version__,
-                 evaluation: dict | None = None) -> dict:
+                 evaluation: dict | None = None, overwrite: bool = False, inputs: tuple = ()) -> dict:
     """Copy ``checkpoint`` (our format) to ``output`` without machine paths; write ``output``'s manifest.
+
+    Neither ``output`` nor its manifest may be ``checkpoint`` or one of ``inputs`` (e.g. the evaluation
+    reports); existing files are replaced only with ``overwrite``.
 
     ``evaluation`` (dataset -> report of :func:`~UniversalSegLib.training.evaluate.evaluate_dataset`)
     adds full validation-split figures to the manifest.
     """
     import torch
 
+    from ..safe_write import atomic_output, check_outputs
+
+    output = Path(output)
+    inputs = (checkpoint, *inputs)
+    check_outputs([output, output.with_suffix(".json")], inputs, overwrite)
     try:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
@@ -118,7 +126,7 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
     metadata["earlier_stages"] = stages  # so that a run starting from the exported model keeps its history
     payload["metadata"] = metadata
     output = Path(output)
-    with atomic_write(output) as tmp:
+    with atomic_output(output, overwrite, inputs) as tmp:
         torch.save(payload, tmp)
     digest = file_sha256(output)
     licences = metadata.get("licenses", {})
@@ -155,6 +163,6 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
         },
         "validation": evaluation or {},
     }
-    with atomic_write(output.with_suffix(".json")) as tmp:
+    with atomic_output(output.with_suffix(".json"), overwrite, inputs) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

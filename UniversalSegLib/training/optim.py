@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -117,7 +116,3 @@ def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
     """Global L2 norm of the gradients (for logging)."""
     norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
     return float(torch.stack(norms).norm()) if norms else 0.0
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)
