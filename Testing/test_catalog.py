@@ -25,7 +25,7 @@ REQUIRED_TASKS = [
 EXPECTED_DATASETS = {
     "ct_headneck_openkbp": "CT", "mri_hippocampus_msd": "MR-T1", "mri_braintumor_brats2015": "MR-FLAIR",
     "mri_cardiac_acdc": "cine-MR", "mri_leftatrium_la2018": "LGE-MR", "us_fetalhead_hc18": "US",
-    "fundus_vessels_drive": "FUNDUS",
+    "fundus_vessels_drive": "FUNDUS", "ct_abdomen_btcv": "CT", "mri_abdomen_chaos": "MR-T2",
 }
 
 
