@@ -3,6 +3,7 @@
 >>> from UniversalSegLib.api import segment, write_result
 >>> result = segment("ct.nii.gz", groups=["Head and neck organs at risk"], modality="CT")  # doctest: +SKIP
 >>> write_result(result, "ct_seg.nii.gz")  # doctest: +SKIP
+>>> write_dicom(segment("CT_DIR"), "CT_DIR", "ct_seg.dcm", "dicom-seg")  # DICOM SEG or "rtstruct"  # doctest: +SKIP
 >>> result.label_of("mandible")  # doctest: +SKIP
 7
 """
@@ -17,12 +18,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from .catalog import Catalog, Modality
+from .dicom_out import write_dicom
 from .errors import CatalogError, CheckpointError
 from .inference import InferenceOptions, Progress, SegmentationResult, Segmenter
 from .volume import ImageInfo, check_volume, read_image
 from .writers import write_result
 
-__all__ = ["DEFAULT_MODEL", "segment", "load_model", "choose_modality", "write_result", "InferenceOptions"]
+__all__ = ["DEFAULT_MODEL", "segment", "load_model", "choose_modality", "write_result", "write_dicom",
+           "InferenceOptions"]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "universalseg-small.pt"
 CT_MINIMUM_HU = -500.0  # air in a CT is about -1000 HU; MR and PET have no values this low

@@ -1,7 +1,7 @@
 """The ``universalseg`` command line.
 
     universalseg tasks [--modality M] [--json] [--model PATH] [--weak] [--all]
-    universalseg segment IMAGE -o OUT [--modality M] [--task T ...] [--group G ...] [--model PATH]
+    universalseg segment IMAGE -o OUT [--format F] [--modality M] [--task T ...] [--group G ...] [--model PATH]
                          [--device cpu|cuda|auto] [--threads N] [--force] [--[no-]keep-largest]
                          [--probabilities DIR] [--window X Y Z] [--overlap F] [--batch N] [--blend gaussian|constant]
                          [--threshold F] [--[no-]mirror] [--preview PNG] [--quiet] [--refine] [--refine-task T ...]
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "catalog gives a mirror (default; twice their time); --no-mirror: plain")
     seg.add_argument("--preview", metavar="PNG", help="also write three orthogonal slices with the overlay")
     seg.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (never an input)")
+    seg.add_argument("--format", choices=["nifti", "nrrd", "dicom-seg", "rtstruct"],
+                     help="output format (default from the extension: .nii.gz nifti, .seg.nrrd nrrd, .dcm dicom-seg, "
+                          ".rtstruct.dcm rtstruct); the DICOM formats need a DICOM folder as input")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_segment_refine_options(seg)
 
@@ -132,7 +135,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .writers import sidecar_path
 
     inputs = [args.image, args.model, getattr(args, "weights", None)]
-    sidecar = None if str(args.output).lower().endswith(".seg.nrrd") else sidecar_path(args.output)
+    fmt = _segment_format(args)
+    plain = fmt in ("nifti", "nrrd") and not str(args.output).lower().endswith(".seg.nrrd")
+    sidecar = sidecar_path(args.output) if plain else None
     check_outputs([args.output, sidecar, args.preview], inputs, args.overwrite)  # fail before minutes of inference
     image, info = read_image(args.image)
     options = InferenceOptions(
@@ -147,8 +152,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         )
     if args.refine or args.refine_task:
         result = refine_result(image, result, args)
-    written = write_result(result, args.output, probabilities_dir=args.probabilities, source=str(args.image),
-                           overwrite=args.overwrite, inputs=tuple(filter(None, inputs)))
+    if fmt in ("dicom-seg", "rtstruct"):
+        from .dicom_out import write_dicom
+
+        written = [write_dicom(result, args.image, args.output, fmt, model=args.model, overwrite=args.overwrite,
+                               inputs=tuple(filter(None, inputs)))]
+    else:
+        written = write_result(result, args.output, probabilities_dir=args.probabilities, source=str(args.image),
+                               overwrite=args.overwrite, inputs=tuple(filter(None, inputs)))
     if args.preview:
         from .preview import write_preview
 
@@ -165,6 +176,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _segment_format(args: argparse.Namespace) -> str:
+    """``--format`` or the one the output's extension names; a DICOM format needs a DICOM folder (checked now)."""
+    from .dicom_out import DICOM_FORMATS, check_dicom_input, output_format
+    from .errors import OutputError
+
+    fmt = output_format(args.output, args.format)
+    if fmt in DICOM_FORMATS:
+        check_dicom_input(args.image, fmt)
+        if args.probabilities:
+            raise OutputError(f"--probabilities is not written with --format {fmt}",
+                              "leave --probabilities out, or write .nii.gz")
+    return fmt
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ Usage (Slicer's Python console, or a test with the ``slicer-core`` wheel)::
 
 Modules: ``dependencies`` (what must be installed), ``nodes`` (volume node <-> SimpleITK image, segments ->
 arrays), ``modality`` (modality guess, task groups), ``request`` (request, validation, device),
-``jobs`` (the background job), ``segments`` (writing segments, undo entries), ``logic`` (the logic class),
+``jobs`` (the job, in a worker process), ``segments`` (writing segments, undo entries), ``logic`` (the logic class),
 ``refinement`` (the Refine step: request, background job, applying with undo), ``markups`` (ROI boxes and
 point lists <-> voxel prompts), ``widget_glue`` (the module panel's values, without Qt). Everything public
 is importable from here.

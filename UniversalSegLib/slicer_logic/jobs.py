@@ -1,203 +1,118 @@
-"""The engine in a background thread: progress, cancel, and the out-of-memory fall-back.
+"""The segmentation job: the engine in a child process (:mod:`UniversalSegLib.runner`), polled from the GUI thread.
 
-    >>> job = SegmentationJob(run, api.segment, catalog).start()   # run: a validated PreparedRun  # doctest: +SKIP
-    >>> status = job.poll()         # from a QTimer in the GUI thread  # doctest: +SKIP
-    >>> status.text, status.fraction                               # doctest: +SKIP
+    >>> job = SegmentationJob(run, catalog=catalog).start()   # run: a validated PreparedRun  # doctest: +SKIP
+    >>> status = job.poll()         # from a QTimer in the GUI thread: never blocks  # doctest: +SKIP
+    >>> status.text, status.fraction                                              # doctest: +SKIP
     ('Running the network (40%)', 0.48)
-    >>> job.cancel()                # stops at the next window; the scene was never touched  # doctest: +SKIP
+    >>> job.cancel()                # process ended, folder removed, scene untouched  # doctest: +SKIP
+
+The out-of-memory fall-back (GPU -> CPU, then smaller sliding windows down to :data:`MIN_WINDOW`) runs in
+the worker (:mod:`UniversalSegLib.worker`); each retry adds a warning to the status.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Union
+
+import SimpleITK as sitk
 
 from ..catalog import Catalog
-from ..errors import CancelledError, UniversalSegError
-from ..inference import InferenceOptions, SegmentationResult
-from ..volume import same_grid
+from ..errors import UniversalSegError
+from ..inference import SegmentationResult
+from ..runner import JobStatus, ProcessJob
+from ..worker import DEFAULT_ENGINE, MIN_WINDOW, unexpected
 from .request import PreparedRun
 
-#: The smallest sliding window (voxels per axis) the out-of-memory fall-back goes down to.
-MIN_WINDOW = 32
 #: Parts of the overall progress bar each engine stage fills (start, end).
 STAGE_SPAN = {"queued": (0.0, 0.0), "load": (0.0, 0.1), "prepare": (0.1, 0.2), "infer": (0.2, 0.9),
               "postprocess": (0.9, 1.0), "done": (1.0, 1.0)}
 STAGE_TEXT = {"queued": "Waiting to start", "load": "Loading the model", "prepare": "Preparing the image",
               "infer": "Running the network", "postprocess": "Building the segments", "done": "Done"}
 
-#: The engine call: ``UniversalSegLib.api.segment`` (tests may wrap it).
-SegmentFunction = Callable[..., SegmentationResult]
+#: The engine the worker calls, as ``"module:function"`` (default ``UniversalSegLib.api:segment``); a
+#: module-level function is accepted too and passed by its import path.
+SegmentFunction = Union[Callable[..., SegmentationResult], str]  # noqa: UP007 - runs on Python 3.9
+
+__all__ = ["MIN_WINDOW", "STAGE_SPAN", "STAGE_TEXT", "JobStatus", "SegmentFunction", "SegmentationJob",
+           "engine_path", "_unexpected"]
+_unexpected = unexpected  # kept for older imports
 
 
-@dataclass
-class JobStatus:
-    """A snapshot of a job for the widget: ``state`` is running, succeeded, failed or cancelled."""
+def engine_path(engine: SegmentFunction | None) -> str:
+    """The import path of an engine function (``"module:function"``) the worker can load.
 
-    state: str
-    stage: str
-    fraction: float
-    text: str
-    warnings: list[str]
-    error: UniversalSegError | None
-    elapsed: float
+    >>> from UniversalSegLib import api
+    >>> engine_path(api.segment), engine_path(None)
+    ('UniversalSegLib.api:segment', 'UniversalSegLib.api:segment')
+    """
+    if engine is None:
+        return DEFAULT_ENGINE
+    if isinstance(engine, str):
+        return engine
+    module, name = getattr(engine, "__module__", None), getattr(engine, "__qualname__", "")
+    if not module or not name or "<" in name:
+        raise TypeError("the engine runs in a worker process: pass a module-level function or 'module:function', "
+                        f"not {engine!r}")
+    return f"{module}:{name}"
 
-    @property
-    def finished(self) -> bool:
-        return self.state != "running"
 
+class SegmentationJob(ProcessJob):
+    """One segmentation in a worker process; ``poll()`` it from the GUI thread, ``cancel()`` to stop it.
 
-class SegmentationJob:
-    """The engine running in a background thread; ``poll()`` it from the GUI thread, ``cancel()`` to stop it.
-
-    Out of memory is handled here: on the GPU the run is repeated on the CPU, on the CPU with smaller
-    sliding windows (down to 32 voxels); each retry adds a warning. ``listener(stage, fraction)`` is called
-    from the worker thread on every progress report (the widget polls instead).
+    ``job.run`` is the validated request; once succeeded ``job.result`` is the engine's
+    :class:`~UniversalSegLib.inference.SegmentationResult` (label map on the input grid) and ``job.device``
+    the device that made it (``"cpu"`` after a GPU ran out of memory).
     """
 
-    def __init__(self, run: PreparedRun, segment: SegmentFunction, catalog: Catalog,
-                 listener: Callable[[str, float], None] | None = None) -> None:
+    what = "segmentation"
+    again = "press Segment to run it again"
+
+    def __init__(self, run: PreparedRun, segment: SegmentFunction | None = None, catalog: Catalog | None = None,
+                 listener: Callable[[str, float], None] | None = None,
+                 extra_paths: Sequence[str | Path] = ()) -> None:
+        super().__init__(listener, run.warnings, extra_paths)
         self.run = run
-        self._segment = segment
-        self._catalog = catalog
-        self._listener = listener
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
-        self._state = "running"
-        self._stage, self._fraction = "queued", 0.0
-        self._warnings = list(run.warnings)
-        self._error: UniversalSegError | None = None
-        self._started = time.perf_counter()
-        self._ended: float | None = None
+        self._engine = engine_path(segment)
+        self._catalog = catalog or Catalog.load()
         self.result: SegmentationResult | None = None
         self.device = run.device
-        self.applied = False
-        self._thread = threading.Thread(target=self._work, name="UniversalSeg", daemon=True)
 
-    def start(self) -> SegmentationJob:
-        self._thread.start()
-        return self
+    def write_request(self, folder: Path) -> dict[str, Any]:
+        sitk.WriteImage(self.run.image, str(folder / "input.nrrd"))
+        threads = None
+        import sys
 
-    def cancel(self) -> None:
-        """Ask the engine to stop at its next window; the scene is left as it was."""
-        self._cancel.set()
+        if "torch" in sys.modules:
+            threads = sys.modules["torch"].get_num_threads()
+        return {"kind": "segment", "image": "input.nrrd", "tasks": [t.id for t in self.run.tasks],
+                "modality": self.run.modality.id, "model": str(self.run.model) if self.run.model else None,
+                "device": self.device, "options": asdict(self.run.options), "engine": self._engine,
+                "threads": threads}
 
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
+    def on_event(self, event: dict) -> None:
+        if event.get("event") == "device":
+            self.device = str(event["device"])
 
-    def wait(self, timeout: float | None = None) -> JobStatus:
-        self._thread.join(timeout)
-        return self.poll()
+    def read_result(self, folder: Path) -> None:
+        info = json.loads((folder / "result.json").read_text())
+        labels = sitk.ReadImage(str(folder / "labels.nrrd"))
+        if labels.GetSize() != self.run.image.GetSize():
+            raise UniversalSegError("the engine returned a label map on another grid than the input",
+                                    "report this as a bug with the volume's size and spacing")
+        labels.CopyInformation(self.run.image)  # the same grid, without a text round trip of the geometry
+        self.device = info.get("device", self.device)
+        self.result = SegmentationResult(labels=labels, tasks=[self._catalog.task(t) for t in info["tasks"]],
+                                         modality=self._catalog.modality(info["modality"]),
+                                         seconds=float(info["seconds"]), model=str(info.get("model", "")))
 
-    def poll(self) -> JobStatus:
-        with self._lock:
-            start, end = STAGE_SPAN.get(self._stage, (0.0, 1.0))
-            overall = 1.0 if self._state == "succeeded" else start + (end - start) * self._fraction
-            text = STAGE_TEXT.get(self._stage, self._stage.capitalize())
-            if self._state == "running":
-                text = f"{text} ({round(100 * self._fraction)}%)" if self._stage == "infer" else text
-                if self._cancel.is_set():
-                    text = "Cancelling..."
-            elif self._state == "cancelled":
-                text = "Cancelled: nothing was changed"
-            elif self._state == "failed":
-                text = f"Failed: {self._error}"
-            elapsed = (self._ended or time.perf_counter()) - self._started
-            return JobStatus(self._state, self._stage, overall, text, list(self._warnings), self._error, elapsed)
+    def overall_fraction(self) -> float:
+        start, end = STAGE_SPAN.get(self.stage, (0.0, 1.0))
+        return start + (end - start) * self.fraction
 
-    # ------------------------------------------------------------------ worker thread
-    def _report(self, stage: str, fraction: float) -> None:
-        with self._lock:
-            self._stage, self._fraction = stage, float(fraction)
-        if self._listener is not None:
-            self._listener(stage, fraction)
-
-    def _finish(self, state: str, error: UniversalSegError | None = None) -> None:
-        with self._lock:
-            self._state, self._error, self._ended = state, error, time.perf_counter()
-            if state == "succeeded":
-                self._stage, self._fraction = "done", 1.0
-
-    def _work(self) -> None:
-        options = self.run.options
-        while True:
-            try:
-                if self._cancel.is_set():
-                    raise CancelledError("segmentation cancelled", "press Segment to run it again")
-                self._report("load", 0.0)
-                result = self._segment(
-                    self.run.image, tasks=[t.id for t in self.run.tasks], modality=self.run.modality.id,
-                    model=self.run.model, device=self.device, options=options, progress=self._report,
-                    cancel=self._cancel.is_set, catalog=self._catalog)
-                if not same_grid(result.labels, self.run.image):
-                    raise UniversalSegError("the engine returned a label map on another grid than the input",
-                                            "report this as a bug with the volume's size and spacing")
-                self.result = result
-                self._finish("succeeded")
-                return
-            except CancelledError as err:
-                self._finish("cancelled", err)
-                return
-            except UniversalSegError as err:
-                self._finish("failed", err)
-                return
-            except (RuntimeError, MemoryError) as err:
-                if not _out_of_memory(err):
-                    self._finish("failed", _unexpected(err))
-                    return
-                try:
-                    options = self._after_out_of_memory(options)
-                except UniversalSegError as final:
-                    self._finish("failed", final)
-                    return
-            except Exception as err:  # noqa: BLE001 - any engine bug must end the job, not hang the GUI
-                self._finish("failed", _unexpected(err))
-                return
-
-    def _after_out_of_memory(self, options: InferenceOptions) -> InferenceOptions:
-        """The settings to retry with after running out of memory, with a warning saying so."""
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
-            self.device = "cpu"
-            self._warn("The GPU ran out of memory: segmenting on the CPU instead (slower). "
-                       "A GPU with more memory, or closing other GPU programs, avoids this.")
-            return options
-        window = options.window or self._model_window()
-        smaller = tuple(max(MIN_WINDOW, (w // 2) // 16 * 16) for w in window)
-        if tuple(window) == smaller and options.batch_size == 1:
-            raise UniversalSegError(
-                f"out of memory on the CPU even with {'x'.join(map(str, smaller))}-voxel windows",
-                "close other programs, crop the volume to the region of interest (Crop Volume module), "
-                "or use a computer with more memory")
-        self._warn(f"Out of memory: retrying with smaller sliding windows ({'x'.join(map(str, smaller))} voxels, "
-                   "one at a time); results may differ slightly near window borders.")
-        return replace(options, window=smaller, batch_size=1)
-
-    def _model_window(self) -> tuple[int, int, int]:
-        from ..api import load_model
-
-        segmenter = load_model(self.run.model, device="cpu", catalog=self._catalog)
-        return tuple(int(w) for w in segmenter.loaded.inference.get("patch_size", (96, 96, 96)))
-
-    def _warn(self, text: str) -> None:
-        with self._lock:
-            self._warnings.append(text)
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    """Whether an engine error means memory ran out (torch raises a RuntimeError saying so).
-
-    >>> _out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    True
-    """
-    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()
-
-
-def _unexpected(err: BaseException) -> UniversalSegError:
-    """An engine bug as an error the widget can show."""
-    return UniversalSegError(f"segmentation failed ({type(err).__name__}: {err})",
-                             "see the Python console for details and report it with the volume's size and spacing")
+    def status_text(self) -> str:
+        text = STAGE_TEXT.get(self.stage, self.stage.capitalize())
+        return f"{text} ({round(100 * self.fraction)}%)" if self.stage == "infer" else text

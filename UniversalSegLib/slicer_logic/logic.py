@@ -24,18 +24,17 @@ import slicer
 from ..catalog import Catalog
 from ..errors import InputError, UniversalSegError
 from .dependencies import DEPENDENCIES, Dependency
-from .jobs import SegmentationJob, SegmentFunction
+from .jobs import SegmentationJob, SegmentFunction, engine_path
 from .nodes import ensure_converter_rules
 from .refinement import (
     AppliedRefinement,
-    PreparedRefinement,
     RefinementJob,
     RefinementRequest,
     apply_refinement,
-    default_refiner,
     validate_refinement,
 )
 from .request import PreparedRun, SegmentationRequest, validate_request
+from .roi import paste_result
 from .segments import UndoEntry, new_segmentation_node, revert, write_segments
 
 if TYPE_CHECKING:
@@ -58,21 +57,21 @@ class AppliedSegmentation:
 class SlicerSegmentationLogic:
     """Validates requests, runs the engine in the background and writes results into the MRML scene.
 
-    ``segment`` is the engine call (``UniversalSegLib.api.segment``); tests may wrap it (to inject a failure),
-    the module passes nothing. ``make_refiner`` builds the Refine backend (default
-    :func:`~.refinement.default_refiner`); a built refiner is kept for the next run, so slices refined
-    again (after moving a box) reuse their image embeddings.
+    Jobs run in a worker process (:mod:`UniversalSegLib.runner`). ``segment`` is the engine the worker calls,
+    ``"module:function"`` or a module-level function (default ``UniversalSegLib.api:segment``); tests pass
+    one to inject a failure, the module passes nothing. ``make_refiner`` likewise names the Refine backend
+    factory the worker calls with the request dict (default :func:`UniversalSegLib.worker.default_refiner`).
+    ``worker_paths``: extra folders on the worker's ``PYTHONPATH`` (where such injected functions live).
     """
 
     def __init__(self, scene=None, catalog: Catalog | None = None, segment: SegmentFunction | None = None,
-                 make_refiner: Callable[[PreparedRefinement], Refiner] | None = None) -> None:
+                 make_refiner: Callable[[dict], Refiner] | str | None = None,
+                 worker_paths: Sequence[str] = ()) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
         self.catalog = catalog or Catalog.load()
-        if segment is None:
-            from ..api import segment
-        self._segment = segment
-        self._make_refiner = make_refiner or default_refiner
-        self._refiners: dict[tuple, Refiner] = {}
+        self._segment = engine_path(segment)
+        self._make_refiner = engine_path(make_refiner) if make_refiner is not None else None
+        self.worker_paths = list(worker_paths)
         self._undo: list[UndoEntry] = []
         self.dependencies: Sequence[Dependency] = DEPENDENCIES
         ensure_converter_rules()
@@ -83,9 +82,12 @@ class SlicerSegmentationLogic:
 
     def start(self, request: SegmentationRequest,
               listener: Callable[[str, float], None] | None = None) -> SegmentationJob:
-        """Validate ``request`` (raising on bad input, scene untouched) and start the engine in a thread."""
+        """Validate ``request`` (raising on bad input, scene untouched) and start the engine in a worker process.
+
+        ``listener(stage, fraction)`` is called from ``job.poll()`` for every progress line.
+        """
         run = self.validate(request)
-        return SegmentationJob(run, self._segment, self.catalog, listener).start()
+        return SegmentationJob(run, self._segment, self.catalog, listener, self.worker_paths).start()
 
     def run(self, request: SegmentationRequest) -> AppliedSegmentation:
         """Blocking: start, wait, apply. Raises the job's error (cancelled, failed) without changing the scene."""
@@ -107,6 +109,8 @@ class SlicerSegmentationLogic:
         if isinstance(job, RefinementJob):
             return self._apply_refinement(job)
         run, result = job.run, job.result
+        if run.roi is not None:  # the engine segmented the crop to the ROI: back onto the volume's grid
+            result = paste_result(result, run.roi)
         volume = self.scene.GetNodeByID(run.volume_id)
         if volume is None:
             raise InputError(f"the input volume '{run.volume_name}' was removed while it was being segmented",
@@ -150,21 +154,15 @@ class SlicerSegmentationLogic:
 
     # ---------------------------------------------------------------------------------------- refinement
     def start_refinement(self, request: RefinementRequest) -> RefinementJob:
-        """Validate ``request`` (raising on bad input, scene untouched) and refine in a thread."""
+        """Validate ``request`` (raising on bad input, scene untouched) and refine in a worker process."""
         prepared = validate_refinement(request, self.scene, self.catalog, self.dependencies)
-        return RefinementJob(prepared, self._refiner_for).start()
+        return RefinementJob(prepared, self._make_refiner, self.worker_paths).start()
 
     def refine(self, request: RefinementRequest) -> AppliedRefinement:
         """Blocking: start, wait, apply (scripts, tests)."""
         job = self.start_refinement(request)
         job.wait()
         return self.apply(job)
-
-    def _refiner_for(self, prepared: PreparedRefinement) -> Refiner:
-        key = (prepared.backend, str(prepared.medsam2_checkpoint))
-        if key not in self._refiners:
-            self._refiners = {key: self._make_refiner(prepared)}  # one model in memory at a time
-        return self._refiners[key]
 
     def _apply_refinement(self, job: RefinementJob) -> AppliedRefinement:
         names = ", ".join(p.name for p in job.prepared.plans)

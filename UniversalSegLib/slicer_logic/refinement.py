@@ -17,22 +17,22 @@ removes the ROIs that run created::
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
 import slicer
 
+from .. import worker
 from ..catalog import Catalog
-from ..errors import CancelledError, CatalogError, CheckpointError, InputError, UniversalSegError
-from ..refine.prompts import MODES, Box3D, Point, Prompts
+from ..errors import CatalogError, CheckpointError, InputError
+from ..refine.prompts import MODES, Box3D, Point
+from ..runner import ProcessJob
 from .dependencies import REFINE_BACKEND_DEPENDENCIES, Dependency, dependency_error, missing_dependencies
-from .jobs import JobStatus, _unexpected
 from .markups import box_from_roi, points_from_node, roi_from_box, segment_rois, tag_roi
 from .modality import guess_modality
 from .nodes import BINARY_LABELMAP, ijk_to_ras, image_from_volume_node, oriented_image, segment_arrays, segment_tag
@@ -181,96 +181,63 @@ def validate_refinement(request: RefinementRequest, scene, catalog: Catalog,
 
 def default_refiner(prepared: PreparedRefinement) -> Refiner:
     """The backend a prepared refinement asks for (LiteMedSAM with our fine-tuned decoder, or MedSAM2)."""
-    if prepared.backend == "MedSAM2":
-        from ..refine.medsam2 import MedSAM2Refiner
-
-        return MedSAM2Refiner(prepared.medsam2_checkpoint)
-    from ..refine.refiner import LiteMedSAMRefiner
-
-    return LiteMedSAMRefiner()
+    return worker.default_refiner({"backend": prepared.backend, "medsam2_checkpoint": prepared.medsam2_checkpoint})
 
 
 def refine_plan(prepared: PreparedRefinement, plan: SegmentPlan, refiner: Refiner) -> RefinedSegment:
-    """Refine one segment: from its ROI boxes when it has some, else from its own voxels."""
-    from ..refine.pipeline import refine_labelmap
-
-    image = prepared.image
-    if plan.boxes:
-        objects = [Prompts(box=b, points=tuple(p for p in prepared.points if b.holds(p.index))) for b in plan.boxes]
-        masks = refiner.refine(image, objects, kind=prepared.kind, task=plan.task)
-        return RefinedSegment(plan.segment_id, np.logical_or.reduce(masks), plan.boxes, derived=False)
-    coarse = sitk.GetImageFromArray(plan.mask.astype(np.uint8))
-    coarse.CopyInformation(image)
-    result = refine_labelmap(image, coarse, {1: plan.task}, refiner=refiner, kind=prepared.kind, mode=prepared.mode,
-                             points=prepared.points)
-    return RefinedSegment(plan.segment_id, sitk.GetArrayViewFromImage(result.labels) == 1, result.boxes[1],
-                          derived=True)
+    """Refine one segment in this process: from its ROI boxes when it has some, else from its own voxels."""
+    mask, boxes, derived = worker.refine_one(prepared.image, plan.mask, plan.boxes, prepared.points, plan.task,
+                                             prepared.kind, prepared.mode, refiner)
+    return RefinedSegment(plan.segment_id, mask, boxes, derived)
 
 
-class RefinementJob:
-    """Refinement in a background thread, polled like a :class:`~.jobs.SegmentationJob` (progress, cancel)."""
+class RefinementJob(ProcessJob):
+    """Refinement in a worker process (:mod:`UniversalSegLib.runner`), polled like a segmentation job.
 
-    def __init__(self, prepared: PreparedRefinement, make_refiner: Callable[[PreparedRefinement], Refiner]) -> None:
+    ``refiner``: the refiner factory the worker calls, ``"module:function"`` taking the request dict
+    (default: :func:`UniversalSegLib.worker.default_refiner`). Once succeeded, ``job.results`` holds the
+    refined masks and their boxes.
+    """
+
+    what = "refinement"
+    again = "press Refine to run it again"
+
+    def __init__(self, prepared: PreparedRefinement, refiner: str | None = None,
+                 extra_paths: Sequence[str | Path] = ()) -> None:
+        super().__init__(None, (), extra_paths)
         self.prepared = prepared
-        self._make_refiner = make_refiner
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
-        self._state, self._stage, self._done = "running", "load", 0
+        self._refiner = refiner
         self._total = max(1, sum(p.slices for p in prepared.plans))
-        self._error: UniversalSegError | None = None
-        self._started, self._ended = time.perf_counter(), None
         self.results: list[RefinedSegment] = []
-        self.applied = False
-        self._thread = threading.Thread(target=self._work, name="UniversalSeg refine", daemon=True)
 
-    def start(self) -> RefinementJob:
-        self._thread.start()
-        return self
+    def write_request(self, folder: Path) -> dict[str, Any]:
+        sitk.WriteImage(self.prepared.image, str(folder / "input.nrrd"))
+        plans = []
+        for number, plan in enumerate(self.prepared.plans):
+            np.save(folder / f"mask_{number}.npy", np.asarray(plan.mask, bool))
+            plans.append({"segment_id": plan.segment_id, "task": plan.task, "mask": f"mask_{number}.npy",
+                          "slices": plan.slices,
+                          "boxes": [[list(map(int, b.lo)), list(map(int, b.hi))] for b in plan.boxes]})
+        points = [[*map(int, p.index), bool(p.positive)] for p in self.prepared.points]
+        checkpoint = self.prepared.medsam2_checkpoint
+        return {"kind": "refine", "image": "input.nrrd", "plans": plans, "points": points,
+                "image_kind": self.prepared.kind, "backend": self.prepared.backend,
+                "medsam2_checkpoint": str(checkpoint) if checkpoint else None, "mode": self.prepared.mode,
+                "refiner": self._refiner}
 
-    def cancel(self) -> None:
-        """Stop at the next slice; the scene is left as it was."""
-        self._cancel.set()
+    def read_result(self, folder: Path) -> None:
+        info = json.loads((folder / "result.json").read_text())
+        self.results = [RefinedSegment(s["segment_id"], np.load(folder / s["mask"]),
+                                       [Box3D(tuple(lo), tuple(hi)) for lo, hi in s["boxes"]], bool(s["derived"]))
+                        for s in info["segments"]]
 
-    def wait(self, timeout: float | None = None) -> JobStatus:
-        self._thread.join(timeout)
-        return self.poll()
+    def overall_fraction(self) -> float:
+        return min(0.99, self.fraction)
 
-    def poll(self) -> JobStatus:
-        with self._lock:
-            fraction = 1.0 if self._state == "succeeded" else min(0.99, self._done / self._total)
-            texts = {"running": "Loading the model" if self._stage == "load"
-                     else f"Refining (slice {self._done} of about {self._total})",
-                     "succeeded": "Done", "cancelled": "Cancelled: nothing was changed",
-                     "failed": f"Failed: {self._error}"}
-            text = "Cancelling..." if self._state == "running" and self._cancel.is_set() else texts[self._state]
-            elapsed = (self._ended or time.perf_counter()) - self._started
-            return JobStatus(self._state, self._stage, fraction, text, [], self._error, elapsed)
-
-    def _tick(self) -> None:
-        if self._cancel.is_set():
-            raise CancelledError("refinement cancelled", "press Refine to run it again")
-        with self._lock:
-            self._stage, self._done = "refine", self._done + 1
-
-    def _finish(self, state: str, error: UniversalSegError | None = None) -> None:
-        with self._lock:
-            self._state, self._error, self._ended = state, error, time.perf_counter()
-
-    def _work(self) -> None:
-        try:
-            refiner = self._make_refiner(self.prepared)
-            refiner.on_slice = self._tick
-            try:
-                self.results = [refine_plan(self.prepared, plan, refiner) for plan in self.prepared.plans]
-            finally:
-                refiner.on_slice = None
-            self._finish("succeeded")
-        except CancelledError as err:
-            self._finish("cancelled", err)
-        except UniversalSegError as err:
-            self._finish("failed", err)
-        except Exception as err:  # noqa: BLE001 - any refiner bug must end the job, not hang the GUI
-            self._finish("failed", _unexpected(err))
+    def status_text(self) -> str:
+        if self.stage in ("queued", "load"):
+            return "Loading the model"
+        return f"Refining (slice {round(self.fraction * self._total)} of about {self._total})"
 
 
 def apply_refinement(scene, job: RefinementJob, entry: UndoEntry) -> AppliedRefinement:

@@ -25,6 +25,7 @@ from ..volume import check_volume
 from .dependencies import Dependency, dependency_error, missing_dependencies
 from .modality import guess_modality
 from .nodes import BINARY_LABELMAP, ijk_to_ras, image_from_volume_node, source_representation
+from .roi import RoiBox, crop, prepare_roi
 
 
 @dataclass
@@ -45,6 +46,7 @@ class SegmentationRequest:
     segmentation: object | None = None
     replace_existing: bool = True
     options: InferenceOptions | None = None
+    roi: object | None = None  # a vtkMRMLMarkupsROINode: segment only inside it (see roi.py)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class PreparedRun:
     replace_existing: bool
     options: InferenceOptions
     warnings: list[str] = field(default_factory=list)
+    roi: RoiBox | None = None  # set: ``image`` is the crop to the ROI; the labels are pasted back on apply
 
 
 def resolve_device(requested: str) -> tuple[str, list[str]]:
@@ -122,12 +125,16 @@ def validate_request(request: SegmentationRequest, catalog: Catalog,
     device, warnings = resolve_device(request.device)
     image = image_from_volume_node(volume)
     check_volume(image, name)
+    box = prepare_roi(volume, request.roi) if request.roi is not None else None
+    if box is not None:
+        image = crop(image, box)
+        check_volume(image, f"{name} inside the ROI '{box.roi_name}'")
     return PreparedRun(
         image=image, ijk_to_ras=ijk_to_ras(volume), volume_id=volume.GetID(), volume_name=name, tasks=tasks,
         modality=modality, modality_source=source, model=model, device=device,
         segmentation_id=output.GetID() if output is not None else None,
         replace_existing=request.replace_existing, options=request.options or InferenceOptions(),
-        warnings=warnings)
+        warnings=warnings, roi=box)
 
 
 def check_volume_node(volume) -> None:
