@@ -52,6 +52,7 @@ from UniversalSegLib.slicer_logic import (
     volume_node_from_image,
 )
 
+TESTING = str(Path(__file__).resolve().parent)  # job_fakes.py: engines injected into the worker
 HN = ["brainstem", "spinal_cord", "parotid_right", "parotid_left", "esophagus", "larynx", "mandible"]
 CASES = [SHARED_DATA / "ct_headneck_openkbp" / "images" / "kbp_001.nii.gz", REPO / "samples" / "kbp_sample.nii.gz"]
 CATALOG = Catalog.load()
@@ -462,26 +463,12 @@ def test_gpu_asked_but_absent_falls_back_to_cpu_with_warning(scene, ct_path, coa
     assert "CPU" in applied.message and "GPU was asked for" in applied.message
 
 
-class OutOfMemoryOnce:
-    """The real engine, except that the first ``fail`` calls raise like torch does when memory runs out."""
-
-    def __init__(self, fail: int) -> None:
-        self.fail, self.calls = fail, []
-
-    def __call__(self, image, **kwargs):
-        self.calls.append(kwargs)
-        if len(self.calls) <= self.fail:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return api.segment(image, **kwargs)
-
-
 def test_out_of_memory_retries_with_smaller_windows(scene, small_ct, coarse_checkpoint):
     volume = volume_node_from_image(small_ct, "small", scene)
-    engine = OutOfMemoryOnce(fail=1)
-    logic = SlicerSegmentationLogic(scene, segment=engine)
+    # the worker process calls job_fakes.out_of_memory_once: the first call raises like torch, then the real engine
+    logic = SlicerSegmentationLogic(scene, segment="job_fakes:out_of_memory_once", worker_paths=[TESTING])
     applied = logic.run(SegmentationRequest(volume, tasks=HN, modality="CT", model=coarse_checkpoint, device="cpu"))
-    assert [c["options"].window for c in engine.calls] == [None, (32, 32, 32)]  # model window 64 -> 32
-    assert any("smaller sliding windows (32x32x32" in w for w in applied.warnings)
+    assert sum("smaller sliding windows (32x32x32" in w for w in applied.warnings) == 1  # model window 64 -> 32
     expected = engine_labels(small_ct, coarse_checkpoint, window=(32, 32, 32))
     assert np.array_equal(segment_arrays(applied.segmentation, HN, volume), expected)
 
@@ -489,13 +476,16 @@ def test_out_of_memory_retries_with_smaller_windows(scene, small_ct, coarse_chec
 def test_out_of_memory_at_the_smallest_window_fails_cleanly(scene, ct_path, coarse_checkpoint):
     volume = load_with_slicer(scene, ct_path)
     before = snapshot(scene)
-    engine = OutOfMemoryOnce(fail=99)
-    logic = SlicerSegmentationLogic(scene, segment=engine)
-    with pytest.raises(UniversalSegError, match="out of memory on the CPU even with 32x32x32") as raised:
-        logic.run(SegmentationRequest(volume, tasks=["mandible"], modality="CT", model=coarse_checkpoint,
-                                      device="cpu"))
-    assert "Crop Volume" in raised.value.hint
-    assert len(engine.calls) == 2 and snapshot(scene) == before
+    logic = SlicerSegmentationLogic(scene, segment="job_fakes:out_of_memory_always", worker_paths=[TESTING])
+    job = logic.start(SegmentationRequest(volume, tasks=["mandible"], modality="CT", model=coarse_checkpoint,
+                                          device="cpu"))
+    status = job.wait(300)
+    assert status.state == "failed" and "out of memory on the CPU even with 32x32x32" in str(status.error)
+    assert "Crop Volume" in status.error.hint
+    assert sum("smaller sliding windows (32x32x32" in w for w in status.warnings) == 1  # one retry, then it gives up
+    with pytest.raises(UniversalSegError, match="out of memory"):
+        logic.apply(job)
+    assert snapshot(scene) == before
 
 
 def test_engine_error_in_worker_changes_nothing(scene, ct_path, tmp_path):

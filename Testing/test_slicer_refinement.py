@@ -24,7 +24,6 @@ from test_slicer_logic import add_segment, checksum, oblique, segment_state, sna
 
 from UniversalSegLib.errors import CancelledError, CheckpointError, InputError
 from UniversalSegLib.refine.prompts import Box3D
-from UniversalSegLib.refine.refiner import LiteMedSAMRefiner
 from UniversalSegLib.slicer_logic import (
     Dependency,
     DependencyError,
@@ -47,19 +46,13 @@ CASE = "hippo_003"  # a validation case (hash split): neither the network nor th
 
 
 @pytest.fixture(scope="module")
-def refiner() -> LiteMedSAMRefiner:
-    """One real refiner for the module: its embedding cache makes repeated slices cheap."""
-    return LiteMedSAMRefiner()
-
-
-@pytest.fixture(scope="module")
 def case(shared_data) -> tuple[sitk.Image, np.ndarray]:
     folder = shared_data / "mri_hippocampus_msd"
     image = sitk.ReadImage(str(folder / "images" / f"{CASE}.nii.gz"))
     return image, sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels" / f"{CASE}.nii.gz")))
 
 
-def setup_scene(scene, case, refiner):
+def setup_scene(scene, case):
     """Volume, a segmentation with a coarse anterior hippocampus and an untouched posterior one, the logic."""
     image, truth = case
     volume = volume_node_from_image(image, "t1", scene)
@@ -72,12 +65,12 @@ def setup_scene(scene, case, refiner):
     add_segment(node, "anterior", "Anterior hippocampus", coarse, volume, color=(0.9, 0.8, 0.1),
                 **{TASK_TAG: "hippocampus_anterior"})
     add_segment(node, "posterior", "Posterior hippocampus", truth == 2, volume)
-    logic = SlicerSegmentationLogic(scene, make_refiner=lambda prepared: refiner)
+    logic = SlicerSegmentationLogic(scene)  # the worker process builds the default refiner (LiteMedSAM)
     return volume, node, logic
 
 
-def test_refine_writes_into_the_segment_leaves_rois_and_undoes(scene, case, refiner):
-    volume, node, logic = setup_scene(scene, case, refiner)
+def test_refine_writes_into_the_segment_leaves_rois_and_undoes(scene, case):
+    volume, node, logic = setup_scene(scene, case)
     truth = case[1]
     before_scene, before_segments, before_volume = snapshot(scene), segment_state(node, volume), checksum(volume)
     coarse = segment_arrays(node, ["anterior"], volume) == 1
@@ -104,10 +97,10 @@ def test_refine_writes_into_the_segment_leaves_rois_and_undoes(scene, case, refi
     assert snapshot(scene) == before_scene  # the ROI is gone too
 
 
-def test_refine_again_from_a_moved_box(scene, case, refiner):
+def test_refine_again_from_a_moved_box(scene, case):
     """The user moves the ROI onto slices 8-13 and tightens it around the structure there: the next Refine
     follows the structure inside that box only."""
-    volume, node, logic = setup_scene(scene, case, refiner)
+    volume, node, logic = setup_scene(scene, case)
     logic.refine(RefinementRequest(volume, node, ["anterior"], modality="MR-T1"))
     [roi] = segment_rois(scene, node, "anterior")
     ks, js, is_ = np.nonzero(case[1][8:14] == 1)
@@ -132,8 +125,8 @@ def test_refine_again_from_a_moved_box(scene, case, refiner):
     assert segment_rois(scene, node, "anterior") == [roi]  # undo of a box-prompted run keeps the box
 
 
-def test_cancel_leaves_the_scene_as_it_was(scene, case, refiner):
-    volume, node, logic = setup_scene(scene, case, refiner)
+def test_cancel_leaves_the_scene_as_it_was(scene, case):
+    volume, node, logic = setup_scene(scene, case)
     before = snapshot(scene), segment_state(node, volume)
     job = logic.start_refinement(RefinementRequest(volume, node, ["anterior", "posterior"], modality="MR-T1"))
     job.cancel()
@@ -179,8 +172,8 @@ BAD = {
 
 
 @pytest.mark.parametrize("name", list(BAD))
-def test_bad_refine_requests_change_nothing(scene, case, refiner, name):
-    volume, node, logic = setup_scene(scene, case, refiner)
+def test_bad_refine_requests_change_nothing(scene, case, name):
+    volume, node, logic = setup_scene(scene, case)
     add_segment(node, "empty", "Empty", np.zeros(case[1].shape, bool), volume)
     before = snapshot(scene), segment_state(node, volume)
     make, error, message = BAD[name]
@@ -189,20 +182,20 @@ def test_bad_refine_requests_change_nothing(scene, case, refiner, name):
     assert (snapshot(scene), segment_state(node, volume)) == before
 
 
-def test_missing_refine_dependency_is_named(scene, case, refiner):
-    volume, node, logic = setup_scene(scene, case, refiner)
+def test_missing_refine_dependency_is_named(scene, case):
+    volume, node, logic = setup_scene(scene, case)
     logic.dependencies = [Dependency("surely_absent_pkg", "surely-absent-pkg==1.0", "pip")]
     with pytest.raises(DependencyError, match="surely-absent-pkg"):
         logic.start_refinement(RefinementRequest(volume, node, ["anterior"]))
     assert not segment_rois(scene, node, "anterior")
 
 
-def test_refine_button_request_from_the_parameters(scene, case, refiner):
+def test_refine_button_request_from_the_parameters(scene, case):
     from types import SimpleNamespace
 
     from UniversalSegLib.slicer_logic.widget_glue import control_states, refinement_request
 
-    volume, node, _ = setup_scene(scene, case, refiner)
+    volume, node, _ = setup_scene(scene, case)
     points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "inside")
     parameters = SimpleNamespace(inputVolume=volume, modality="MR-T1", refineBackend="LiteMedSAM",
                                  medsam2Checkpoint="", refineMode="propagate", includePoints=points,

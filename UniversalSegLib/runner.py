@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import errors
 from .errors import CancelledError, UniversalSegError
@@ -108,8 +108,8 @@ class ProcessJob:
         self.applied = False
         self._cancelling = False
         self._buffer = b""
-        self._events_file = None
-        self._stderr = None
+        self._events_file: IO[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
         self._done = False
         self._started = time.perf_counter()
         self._ended: float | None = None
@@ -150,8 +150,10 @@ class ProcessJob:
                 [python_executable(), "-m", "UniversalSegLib.worker", str(self.folder)], stdout=stdout,
                 stderr=self._stderr, stdin=subprocess.DEVNULL, env=env, cwd=str(self.folder))
             if PIPES_NONBLOCKING:
+                assert self.process.stdout is not None
                 os.set_blocking(self.process.stdout.fileno(), False)
             else:
+                assert self._events_file is not None
                 self._events_file.close()
                 self._events_file = open(self.folder / "events.jsonl", "rb")  # noqa: SIM115
         except BaseException:
@@ -260,7 +262,7 @@ class ProcessJob:
     def _conclude(self, code: int) -> None:
         if self._cancelling:
             return self._finish("cancelled", CancelledError(f"{self.what} cancelled", self.again))
-        if self._done and code == 0:
+        if self._done and code == 0 and self.folder is not None:
             try:
                 self.read_result(self.folder)
             except UniversalSegError as err:
@@ -277,6 +279,8 @@ class ProcessJob:
         self._finish("failed", self.error)
 
     def _stderr_tail(self) -> str:
+        if self.folder is None:
+            return ""
         try:
             lines = (self.folder / "stderr.txt").read_text(errors="replace").strip().splitlines()
         except (OSError, TypeError):
@@ -302,7 +306,8 @@ class ProcessJob:
 
     def _cleanup(self) -> None:
         self._stop()
-        for handle in (self._events_file, self._stderr, self.process and self.process.stdout):
+        stdout = self.process.stdout if self.process is not None else None
+        for handle in (self._events_file, self._stderr, stdout):
             if handle is not None:
                 try:
                     handle.close()

@@ -126,7 +126,8 @@ def run_segment(folder: Path, request: dict) -> None:
         from .api import load_model
 
         segmenter = load_model(model, device="cpu", catalog=catalog)
-        return tuple(int(w) for w in segmenter.loaded.inference.get("patch_size", (96, 96, 96)))
+        i, j, k = (int(w) for w in segmenter.loaded.inference.get("patch_size", (96, 96, 96)))
+        return i, j, k
 
     while True:
         emit("progress", stage="load", fraction=0.0)

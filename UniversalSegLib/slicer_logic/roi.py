@@ -150,7 +150,7 @@ def prepare_roi(volume_node, roi_node, min_voxels: int = MIN_ROI_VOXELS) -> RoiB
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     origin = lps @ np.array([extent[0], extent[2], extent[4], 1.0])
     dims = volume_node.GetImageData().GetDimensions()
-    return RoiBox(roi_name=roi_node.GetName(), lo=lo, hi=hi, shape=(dims[2], dims[1], dims[0]),
+    return RoiBox(roi_name=roi_node.GetName(), lo=lo, hi=hi, shape=(dims[2], dims[1], dims[0]),  # type: ignore[arg-type]
                   inside=inside_mask(volume_node, roi_node, lo, hi),
                   full_origin=tuple(float(v) for v in origin[:3]),  # type: ignore[arg-type]
                   full_spacing=tuple(float(v) for v in spacing),  # type: ignore[arg-type]
