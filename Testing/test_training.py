@@ -420,14 +420,14 @@ def test_bundled_configs_load() -> None:
     baseline = load_config(repo / "configs" / "baseline.yaml")
     assert baseline.mode == "baseline" and baseline.datasets == cfg.datasets and baseline.lr == cfg.lr
     assert baseline.output_path != cfg.output_path
-    weighted = load_config(repo / "configs" / "headneck_weighted.yaml")  # continues prior_kernels.yaml
+    weighted = load_config(repo / "configs" / "archive" / "headneck_weighted.yaml")  # continues prior_kernels.yaml
     assert weighted.init_path == repo / "runs" / "prior_kernels" / "best.pt" and not weighted.fused_kernels
     assert [d.weight for d in weighted.datasets] == [2.0] + [d.weight for d in cfg.datasets[1:]]
     assert [d.patch_size for d in weighted.datasets] == [d.patch_size for d in cfg.datasets]
-    atrium = load_config(repo / "configs" / "atrium_weighted.yaml")  # continues headneck_weighted.yaml
+    atrium = load_config(repo / "configs" / "archive" / "atrium_weighted.yaml")  # continues headneck_weighted.yaml
     assert atrium.init_path == weighted.output_path / "best.pt" and atrium.output_path != weighted.output_path
     assert [d.weight for d in atrium.datasets] == [2.0, 0.7, 0.8, 1.2, 0.15]
-    zoom = load_config(repo / "configs" / "zoom.yaml")  # widened affine for ACDC only
+    zoom = load_config(repo / "configs" / "archive" / "zoom.yaml")  # widened affine for ACDC only
     widened = {d.name: (d.affine_prob, d.scale_range, d.rotate_deg) for d in zoom.datasets}
     assert widened.pop("mri_cardiac_acdc") == (0.6, (0.5, 1.4), 180.0) and zoom.skip_empty_dice
     assert set(widened.values()) == {(0.3, (0.85, 1.15), 15.0)}

@@ -2,7 +2,7 @@
 
 Run from the repository root (about two minutes on 2 quiet cores)::
 
-    .venv/bin/python benchmarks/cpu_batch.py [--config configs/batched.yaml] [--threads 2] [--repeats 3]
+    .venv/bin/python benchmarks/cpu_batch.py [--config configs/archive/batched.yaml] [--threads 2] [--repeats 3]
 
 For each dataset of the config, one training step's forward and backward pass of the configured network
 on that dataset's patch is timed with batches of 1 and 2 patches, in the default (channels-first)
@@ -41,7 +41,7 @@ def seconds_per_sample(model: torch.nn.Module, patch_zyx: tuple[int, ...], batch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/batched.yaml")
+    parser.add_argument("--config", default="configs/archive/batched.yaml")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -1,4 +1,5 @@
-"""Training configuration: one YAML file -> a checked, typed :class:`TrainConfig`.
+"""Training configuration: one YAML file -> a checked, typed :class:`TrainConfig`; a multi-stage recipe
+(``configs/universalseg-small.yaml``: the stages that build one model, in order) -> a :class:`Recipe`.
 
 Relative paths in the YAML (``data_root``, each dataset ``path``, ``cache_dir``, ``output_dir``,
 ``splits_dir``) resolve against the folder of the YAML file, so a config works from any working
@@ -340,6 +341,8 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     Relative folders stay relative to the file that names them.
     """
     raw = _read_yaml(Path(path), seen=())
+    _check("stages" not in raw, f"'{path}' is a multi-stage recipe, not a single config",
+           "run it with 'universalseg train' (every stage in turn) or read it with load_recipe")
     for key in FOLDER_SETTINGS:  # absolute (links kept), so logs and manifests name folders alike
         if isinstance(raw.get(key), str):
             raw[key] = os.path.abspath(Path(path).parent / Path(raw[key]).expanduser())
@@ -372,3 +375,144 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
             base[key] = os.path.abspath(base_path.parent / Path(base[key]).expanduser())
     base.update(raw)
     return base
+
+
+# ------------------------------------------------------------------------------------------ recipes
+PREVIOUS = "previous"
+STAGE_SETTINGS = ("name", "resume_from")  # a stage's own settings beside those of a TrainConfig
+
+
+@dataclass
+class RecipeStage:
+    """One stage of a :class:`Recipe`: a complete training config and how it starts.
+
+    Attributes:
+        name: the stage's name (unique in its recipe).
+        config: the stage's :class:`TrainConfig`; ``init_from: previous`` in the file has become the
+            previous stage's ``final.pt``.
+        resume_from: the previous stage's ``last.pt`` when the stage continues that run (weights, EMA,
+            optimiser, schedule position, random state) to its own, larger ``iterations``
+            (``resume_from: previous``); None when it starts from ``init_from`` or from scratch.
+    """
+
+    name: str
+    config: TrainConfig
+    resume_from: Path | None = None
+
+
+@dataclass
+class Recipe:
+    """A multi-stage training recipe: the stages, in order, that build one model.
+
+    Attributes:
+        name: the model the recipe builds (e.g. ``universalseg-small``).
+        version: the version of that model it rebuilds (optional).
+        stages: the :class:`RecipeStage` list, in training order.
+        path: the recipe file.
+    """
+
+    name: str
+    version: str | None
+    stages: list[RecipeStage]
+    path: Path
+
+    def stage(self, key: str | int) -> RecipeStage:
+        """The stage of this name, or of this 1-based number."""
+        for number, stage in enumerate(self.stages, 1):
+            if key in (stage.name, number, str(number)):
+                return stage
+        raise InputError(f"recipe {self.path.name} has no stage '{key}'",
+                         f"use a number from 1 to {len(self.stages)} or one of: "
+                         f"{', '.join(s.name for s in self.stages)}")
+
+
+def is_recipe(path: str | Path) -> bool:
+    """Whether the YAML file ``path`` is a multi-stage recipe (it has ``stages:``), not a single config."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and "stages" in raw
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
+    """Read a multi-stage recipe; ``overrides`` replace top-level settings of every stage (e.g. ``threads=1``).
+
+    A recipe is ``name:`` (the model), optional ``version:`` and ``stages:``, a list of complete training
+    configs (the settings of :class:`TrainConfig`, no ``extends``) with a ``name`` each. A stage after the
+    first may start from the previous stage's result: ``init_from: previous`` (its ``final.pt``, the last
+    step's EMA weights, with a fresh optimiser and schedule) or ``resume_from: previous`` (its ``last.pt``:
+    that run continued to this stage's larger ``iterations``, the schedule stretched to them). Relative
+    folders resolve against the recipe's folder, as in a config.
+
+    >>> recipe = load_recipe("configs/universalseg-small.yaml")  # doctest: +SKIP
+    >>> recipe.stages[2].config.init_path == recipe.stages[1].config.output_path / "final.pt"  # doctest: +SKIP
+    True
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"training recipe '{path}' does not exist", "check the path")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(f"training recipe '{path}' is not valid YAML ({err})", "fix the syntax") from None
+    _check(isinstance(raw, dict) and isinstance(raw.get("stages"), list) and bool(raw["stages"]),
+           f"training recipe '{path}' must be a mapping with a non-empty list under 'stages:'",
+           "see configs/universalseg-small.yaml")
+    unknown = sorted(set(raw) - {"name", "version", "stages"})
+    _check(not unknown, f"recipe '{path.name}' has unknown top-level setting(s) {unknown}",
+           "known: name, version, stages (each stage holds its own training settings)")
+    stages: list[RecipeStage] = []
+    for number, item in enumerate(raw["stages"], 1):
+        where = f"recipe '{path.name}' stage {number}"
+        _check(isinstance(item, dict) and isinstance(item.get("name"), str) and bool(item["name"]),
+               f"{where} must be a mapping of settings with a 'name'", "give each stage a name: NAME")
+        item = dict(item)
+        name = str(item.pop("name"))
+        _check(name not in [s.name for s in stages], f"{where}: the name '{name}' repeats", "name each stage once")
+        _check("extends" not in item, f"{where} ({name}) uses 'extends'",
+               "a recipe lists every setting of every stage; write them out")
+        resume = item.pop("resume_from", None)
+        init_previous = item.get("init_from") == PREVIOUS
+        previous = stages[-1] if stages else None
+        for key, value in (("init_from", item.get("init_from")), ("resume_from", resume)):
+            if value == PREVIOUS:
+                _check(previous is not None, f"{where} ({name}): {key}: previous in the first stage",
+                       "the first stage starts from scratch or from a checkpoint file")
+        _check(resume in (None, PREVIOUS), f"{where} ({name}): resume_from must be 'previous' (or absent)",
+               "continue the previous stage's run, or use init_from for a checkpoint file")
+        _check(resume is None or item.get("init_from") is None,
+               f"{where} ({name}) has both init_from and resume_from", "keep one of them")
+        for key in FOLDER_SETTINGS:
+            if isinstance(item.get(key), str) and not (key == "init_from" and init_previous):
+                item[key] = os.path.abspath(path.parent / Path(item[key]).expanduser())
+        if init_previous and previous is not None:
+            item["init_from"] = str(previous.config.output_path / "final.pt")
+        item.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            config = config_from_dict(item, base_dir=path.parent)
+        except InputError as err:
+            raise InputError(f"{where} ({name}): {err.problem}", err.hint) from None
+        resume_path = None
+        if resume == PREVIOUS and previous is not None:
+            _check(config.iterations > previous.config.iterations,
+                   f"{where} ({name}) resumes '{previous.name}' but its iterations ({config.iterations}) are "
+                   f"not more than that stage's ({previous.config.iterations})", "give it more iterations")
+            resume_path = previous.config.output_path / "last.pt"
+        _check(config.output_path not in [s.config.output_path for s in stages],
+               f"{where} ({name}): output_dir {config.output_path} is another stage's too",
+               "give every stage its own output_dir")
+        stages.append(RecipeStage(name, config, resume_path))
+    version = raw.get("version")
+    return Recipe(str(raw.get("name") or path.stem), None if version is None else str(version), stages, path)
+
+
+def run_folders(path: str | Path) -> list[Path]:
+    """The output folders of a config (one) or of a recipe (one per stage)."""
+    if is_recipe(path):
+        return [stage.config.output_path for stage in load_recipe(path).stages]
+    return [load_config(path).output_path]
