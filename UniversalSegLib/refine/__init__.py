@@ -8,7 +8,8 @@ Light to import; the model code loads when first used. Start here:
   :class:`~.refiner.Refiner`;
 * :mod:`~.prompts` - boxes, points and the prompts derived from a coarse mask; :mod:`~.propagate` - following an
   object slice by slice without leaking;
-* :mod:`~.finetune` - how ``weights/litemedsam_finetuned.pt`` was trained.
+* :mod:`UniversalSegLib.training.finetune` - how ``weights/litemedsam_finetuned.pt`` was trained (training code:
+  nothing here imports it).
 
 >>> from UniversalSegLib.refine import Box3D, Prompts
 >>> Prompts(box=Box3D.parse("1,2,3,9,9,9")).follows()

@@ -2,7 +2,10 @@
 
 Modules: :mod:`.config` (YAML -> TrainConfig), :mod:`.data` (dataset.json, checks, splits, cache),
 :mod:`.augment` (patches), :mod:`.sampler` (mixed batches, task rows, partial labels), :mod:`.losses`,
-:mod:`.optim` (LAMB, schedule, EMA), :mod:`.trainer` (loop, validation, checkpoints, DDP, baseline).
+:mod:`.optim` (LAMB, schedule, EMA), :mod:`.trainer` (the loop and baseline mode; its parts
+:mod:`.distributed`, :mod:`.run_data`, :mod:`.checkpointing`, :mod:`.validation`, :mod:`.runlog`,
+:mod:`.train_cli`), :mod:`.evaluate`, :mod:`.export` and :mod:`.finetune` (the refiner's decoder).
+Run-time code (segmenting, refining, the Slicer module) never imports this package (Testing/test_layering.py).
 Importing this package is cheap; torch and MONAI load with the modules that need them.
 
 >>> from UniversalSegLib.training import load_config, train  # doctest: +SKIP

