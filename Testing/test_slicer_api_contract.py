@@ -22,7 +22,9 @@ pytestmark = pytest.mark.skipif(not slicer_api.API.is_dir(), reason="no slicer-a
 pytest.importorskip("PySide6.QtWidgets")
 pytest.importorskip("slicer")  # the slicer-core wheel: MRML/VTK classes
 ROOT = slicer_api.ROOT
-UI = ROOT / "UniversalSeg/Resources/UI/UniversalSeg.ui"
+UI_DIR = ROOT / "UniversalSeg/Resources/UI"
+SECTION_UIS = ("Inputs.ui", "Roi.ui", "Run.ui", "Refine.ui", "Dependencies.ui")  # one per panel section
+UI = UI_DIR / "Run.ui"  # the widgets the deliberately wrong module below uses
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,9 @@ def test_discovers_the_module_glue_and_ui_files():
     names = {p.relative_to(ROOT).as_posix() for p in py}
     assert "UniversalSeg/UniversalSeg.py" in names
     assert "UniversalSegLib/slicer_logic/widget_glue.py" in names
-    assert UI in ui
+    assert {f"UniversalSeg/UniversalSegSections/{n}.py" for n in ("inputs", "roi", "run", "refine",
+                                                                  "dependencies")} <= names
+    assert {UI_DIR / name for name in SECTION_UIS} <= set(ui)
 
 
 def test_coverage_lists_what_was_checked_and_what_was_not(report):
@@ -82,7 +86,7 @@ WRONG = '''
     class W(ScriptedLoadableModuleWidget):
         def setup(self):
             ScriptedLoadableModuleWidget.setup(self)
-            ui = slicer.util.loadUI(self.resourcePath("UI/UniversalSeg.ui"))
+            ui = slicer.util.loadUI(self.resourcePath("UI/Run.ui"))
             self.resourcePath()  # ERR (missing filename)
             self.ui = slicer.util.childWidgetVariables(ui)
             self.ui.segmentButton.clicked.connect(self.setup)
@@ -125,7 +129,7 @@ WRONG = '''
         def wire(self):
             self.ui.undoButton.clicked.connect(self.wire)
             self.ui.undoButton.clickd.connect(self.wire)  # ERR
-            self.ui.inputSelector.currentNodeChanged.connect(self.onNode)
+            self.ui.outputSelector.currentNodeChanged.connect(self.onNode)
 
         def onNode(self, node):
             node.GetID()  # a vtkMRMLNode, from the signal's C++ signature

@@ -1,8 +1,10 @@
-"""The Slicer module's files without the Slicer application: .ui, module script, packaging.
+"""The Slicer module's files without the Slicer application: .ui files, module script, sections, packaging.
 
-- the .ui loads offscreen with PySide6 (Slicer's own widget classes become placeholders) and holds every
-  widget the module script names (``self.ui.<name>``) and every parameter it binds;
-- ``UniversalSeg/UniversalSeg.py`` compiles, and ``UniversalSegLib.slicer_logic`` imports where Qt is absent;
+- each section's .ui (``Resources/UI/*.ui``) loads offscreen with PySide6 (Slicer's own widget classes become
+  placeholders) and holds every widget its section file names (``self.ui.<name>``); the parameters they bind
+  are fields of the parameter node; widget names are unique across the .ui files;
+- ``UniversalSeg/UniversalSeg.py`` and the sections compile, and ``UniversalSegLib.slicer_logic`` imports where
+  Qt is absent;
 - the CMake lists name every file of the Lib, the module resources and the sample case (a new file that is
   not listed fails here), and configure with a model of Slicer's macros puts them where Slicer looks.
 """
@@ -25,18 +27,38 @@ from conftest import REPO
 
 MODULE_DIR = REPO / "UniversalSeg"
 MODULE = MODULE_DIR / "UniversalSeg.py"
-UI = MODULE_DIR / "Resources" / "UI" / "UniversalSeg.ui"
+SECTIONS = MODULE_DIR / "UniversalSegSections"
+UI_FILES = sorted((MODULE_DIR / "Resources" / "UI").glob("*.ui"))
+PARAMETERS = SECTIONS / "parameters.py"
 CMAKE = MODULE_DIR / "CMakeLists.txt"
 LIB = REPO / "UniversalSegLib"
 
 
-def ui_widgets() -> dict[str, str]:
-    """name -> class of every widget in the .ui."""
-    return {w.get("name"): w.get("class") for w in ET.parse(UI).getroot().iter("widget")}
+def ui_widgets(*files: Path) -> dict[str, str]:
+    """name -> class of every widget in the .ui files (default: all of them)."""
+    return {w.get("name"): w.get("class") for ui in files or UI_FILES for w in ET.parse(ui).getroot().iter("widget")}
 
 
-def module_tree() -> ast.Module:
-    return ast.parse(MODULE.read_text(encoding="utf-8"))
+def module_tree(path: Path = MODULE) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
+def module_files() -> list[Path]:
+    """The module script and its section files."""
+    return [MODULE, *sorted(SECTIONS.glob("*.py"))]
+
+
+def loaded_ui_files(path: Path) -> list[Path]:
+    """The .ui files a module file loads (``resourcePath("UI/<Name>.ui")``)."""
+    names = {n.value.rsplit("/", 1)[-1] for n in ast.walk(module_tree(path)) if isinstance(n, ast.Constant)
+             and isinstance(n.value, str) and n.value.endswith(".ui")}
+    return [ui for ui in UI_FILES if ui.name in names]
+
+
+def ui_uses(path: Path) -> set[str]:
+    """Widget names ``<x>.ui.<name>`` in a module file."""
+    return {node.attr for node in ast.walk(module_tree(path)) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"}
 
 
 def lib_files() -> list[Path]:
@@ -76,69 +98,98 @@ LOAD_UI = textwrap.dedent("""
     widgets = {w.objectName(): w.metaObject().className() for w in root.findChildren(QWidget)}
     check = root.findChild(QWidget, "useBundledModelCheckBox")
     path = root.findChild(QWidget, "modelPathLineEdit")
-    check.setChecked(False)
-    enabled_unticked = path.isEnabled()
-    check.setChecked(True)
+    enabled_unticked = None
+    if check is not None:  # Inputs.ui
+        check.setChecked(False)
+        enabled_unticked = path.isEnabled()
+        check.setChecked(True)
     print(json.dumps({"root": [root.objectName(), root.metaObject().className()], "widgets": widgets,
                       "placeholders": loader.placeholders, "error": loader.errorString(),
-                      "path_enabled": [enabled_unticked, path.isEnabled()]}))
+                      "path_enabled": [enabled_unticked, path.isEnabled() if path is not None else None]}))
 """)
 
 
-@pytest.fixture(scope="module")
-def loaded_ui() -> dict:
+@pytest.fixture(scope="module", params=UI_FILES, ids=[ui.name for ui in UI_FILES])
+def loaded_ui(request) -> tuple[Path, dict]:
     pytest.importorskip("PySide6.QtUiTools", reason="PySide6-Essentials (requirements-dev.txt) is needed")
-    out = subprocess.run([sys.executable, "-c", LOAD_UI, str(UI)], capture_output=True, text=True, timeout=120,
-                         env={"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run([sys.executable, "-c", LOAD_UI, str(request.param)], capture_output=True, text=True,
+                         timeout=120, env={"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return request.param, json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_ui_loads_offscreen(loaded_ui):
-    assert loaded_ui["error"] == ""
-    assert loaded_ui["root"] == ["UniversalSeg", "QWidget"]
-    expected = ui_widgets()
-    assert set(expected) - {"UniversalSeg"} <= set(loaded_ui["widgets"])  # Qt adds unnamed/internal ones
+    ui, loaded = loaded_ui
+    root = ET.parse(ui).getroot().find("widget")
+    assert loaded["error"] == ""
+    assert loaded["root"] == [root.get("name"), "QWidget"] and root.get("class") == "qMRMLWidget"
+    expected = ui_widgets(ui)
+    assert set(expected) - {root.get("name")} <= set(loaded["widgets"])  # Qt adds unnamed/internal ones
     slicer_classes = {n: c for n, c in expected.items() if c.startswith(("qMRML", "ctk"))}
-    assert loaded_ui["placeholders"] == {**slicer_classes, "UniversalSeg": "qMRMLWidget"}
+    assert loaded["placeholders"] == slicer_classes
     for name, cls in expected.items():  # Qt's own classes are really created as themselves
-        if name in loaded_ui["widgets"] and name not in loaded_ui["placeholders"]:
-            assert loaded_ui["widgets"][name] == cls, name
-    assert loaded_ui["path_enabled"] == [True, False]  # the .ui's own signal connection works
+        if name in loaded["widgets"] and name not in loaded["placeholders"]:
+            assert loaded["widgets"][name] == cls, name
+    if ui.name == "Inputs.ui":
+        assert loaded["path_enabled"] == [True, False]  # the .ui's own signal connection works
+
+
+def test_each_section_has_its_ui_and_names_are_unique():
+    assert {ui.name for ui in UI_FILES} == {"Inputs.ui", "Roi.ui", "Run.ui", "Refine.ui", "Dependencies.ui"}
+    names = [w.get("name") for ui in UI_FILES for w in ET.parse(ui).getroot().iter("widget")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    loaders = {ui.name: [p.name for p in module_files() if ui in loaded_ui_files(p)] for ui in UI_FILES}
+    assert all(len(files) == 1 for files in loaders.values()), loaders  # one section file per .ui
+    assert not loaded_ui_files(MODULE)  # the module file builds sections, it loads no .ui itself
 
 
 def test_every_widget_the_module_uses_is_in_the_ui():
-    used = {node.attr for node in ast.walk(module_tree()) if isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
-            and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
-    assert {"inputSelector", "taskTree", "segmentButton", "cancelButton", "refineButton", "progressBar",
-            "statusLabel"} <= used  # the parse finds them at all
-    missing = sorted(used - set(ui_widgets()))
-    assert not missing, f"UniversalSeg.py uses self.ui.{missing} that UniversalSeg.ui does not have"
+    used_anywhere = set()
+    for path in module_files():
+        used = ui_uses(path)
+        used_anywhere |= used
+        own = ui_widgets(*loaded_ui_files(path)) if loaded_ui_files(path) else ui_widgets()
+        missing = sorted(used - set(own))
+        assert not missing, f"{path.name} uses ui.{missing} that its .ui does not have"
+    assert {"inputSelector", "taskTree", "taskWarningLabel", "segmentButton", "cancelButton", "refineButton",
+            "progressBar", "statusLabel", "installButton"} <= used_anywhere  # the parse finds them at all
 
 
 def test_ui_parameter_bindings_match_the_parameter_node():
     fields = {}
-    for node in ast.walk(module_tree()):
+    for node in ast.walk(module_tree(PARAMETERS)):
         if isinstance(node, ast.ClassDef) and node.name == "UniversalSegParameterNode":
             fields = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
-    assert {"inputVolume", "modality", "tasks", "device", "modelPath", "refineBackend",
+    assert {"inputVolume", "modality", "tasks", "showWeakTasks", "device", "modelPath", "roi", "refineBackend",
             "outputSegmentation"} <= fields
     bound = {}
-    for widget in ET.parse(UI).getroot().iter("widget"):
-        for prop in widget.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                bound[widget.get("name")] = prop.find("string").text
+    for ui in UI_FILES:
+        for widget in ET.parse(ui).getroot().iter("widget"):
+            for prop in widget.findall("property"):
+                if prop.get("name") == "SlicerParameterName":
+                    bound[widget.get("name")] = prop.find("string").text
     assert set(bound.values()) <= fields, set(bound.values()) - fields
     assert bound["inputSelector"] == "inputVolume" and bound["outputSelector"] == "outputSegmentation"
-    names = set(ui_widgets())
-    for connection in ET.parse(UI).getroot().iter("connection"):
-        assert {connection.findtext("sender"), connection.findtext("receiver")} <= names
+    assert bound["roiSelector"] == "roi" and bound["showWeakTasksCheckBox"] == "showWeakTasks"
+    for ui in UI_FILES:  # a .ui connection stays inside its own file
+        names = set(ui_widgets(ui))
+        for connection in ET.parse(ui).getroot().iter("connection"):
+            assert {connection.findtext("sender"), connection.findtext("receiver")} <= names, ui.name
+
+
+def test_roi_selector():
+    roi = next(w for ui in UI_FILES for w in ET.parse(ui).getroot().iter("widget") if w.get("name") == "roiSelector")
+    props = {p.get("name"): p for p in roi.findall("property")}
+    assert roi.get("class") == "qMRMLNodeComboBox"
+    assert [s.text for s in props["nodeTypes"].iter("string")] == ["vtkMRMLMarkupsROINode"]
+    assert props["noneEnabled"].findtext("bool") == "true"
 
 
 # ------------------------------------------------------------------------------------------------ module
 def test_module_compiles_and_names_its_sources(tmp_path):
-    py_compile.compile(str(MODULE), cfile=str(tmp_path / "UniversalSeg.pyc"), doraise=True)
+    for path in module_files():
+        py_compile.compile(str(path), cfile=str(tmp_path / f"{path.stem}.pyc"), doraise=True)
+    assert len(MODULE.read_text().splitlines()) <= 150  # glue only: behaviour lives in the sections and the Lib
     text = " ".join(n.value for n in ast.walk(module_tree()) if isinstance(n, ast.Constant)
                     and isinstance(n.value, str))
     for needed in ("README", "research use only", "Gao et al.", "CVPR 2024", "Ma et al.",
@@ -216,7 +267,8 @@ def test_cmake_lists_every_file():
     samples = cmake_list("UNIVERSALSEG_SAMPLES")
     assert sorted(samples) == sorted(p.relative_to(REPO).as_posix() for p in (REPO / "samples").iterdir()
                                      if p.is_file())
-    assert cmake_list("MODULE_PYTHON_SCRIPTS") == ["${MODULE_NAME}.py"]
+    assert cmake_list("MODULE_PYTHON_SCRIPTS") == ["${MODULE_NAME}.py", *(
+        p.relative_to(MODULE_DIR).as_posix() for p in sorted(SECTIONS.glob("*.py")))]
     text = CMAKE.read_text()
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
 
@@ -291,7 +343,9 @@ def test_cmake_configures_files_where_slicer_looks(tmp_path):
         else:
             assert (dest / rel).is_file(), rel
     assert copied["UniversalSeg.py"] == MODULE
-    assert copied["Resources/UI/UniversalSeg.ui"] == UI
+    for path in [*SECTIONS.glob("*.py"), *UI_FILES]:  # beside the module: found by resourcePath and sys.path
+        rel = path.relative_to(MODULE_DIR).as_posix()
+        assert copied[rel] == path, rel
     for sample in (REPO / "samples").iterdir():
         assert (dest / "Resources" / "Samples" / "UniversalSeg" / sample.name).read_bytes() == sample.read_bytes()
     assert ["generic_tests", "TRUE", ""] in rows and ["unittest", "UniversalSeg.py", ""] in rows

@@ -26,7 +26,7 @@ from ..refine.prompts import MODES
 from .dependencies import DEPENDENCIES, Dependency, dependency_error, missing_dependencies, pip_arguments
 from .jobs import JobStatus, SegmentationJob
 from .logic import SlicerSegmentationLogic
-from .modality import ModalityGuess
+from .modality import ModalityGuess, guess_modality
 from .refinement import BACKENDS, RefinementRequest, backend_dependencies
 from .request import SegmentationRequest
 
@@ -110,6 +110,38 @@ def model_task_tree(modality: str, selected: Sequence[str], show_weak: bool = Fa
     return TaskTree(list(groups.items()), chosen, warning, hidden)
 
 
+def task_model(parameters) -> str | None:
+    """The checkpoint whose tasks the panel offers: ``None`` for the bundled model, ``""`` when none is chosen."""
+    return None if parameters.useBundledModel else (parameters.modelPath or "")
+
+
+#: The line under the tree while "Bundled model" is unticked and no checkpoint is chosen.
+NO_CHECKPOINT = "Choose a checkpoint file: the structures it was trained on are listed here."
+
+
+def tasks_key(parameters) -> tuple:
+    """What the task tree depends on: it is rebuilt when this changes (modality, model, "Show weak tasks")."""
+    return parameters.modality, task_model(parameters), bool(parameters.showWeakTasks)
+
+
+def tasks_view(parameters, catalog: Catalog | None = None) -> TaskTree:
+    """The task tree for the parameter node: only what its model was trained on, weak tasks behind the check box.
+
+    A catalog structure the model does not know is never listed, so it can never be ticked; with no checkpoint
+    chosen the tree is empty and says why.
+
+    >>> from types import SimpleNamespace
+    >>> p = SimpleNamespace(modality="CT", tasks=["mandible"], useBundledModel=False, modelPath="", showWeakTasks=False)
+    >>> tasks_view(p).groups, tasks_view(p).warning == NO_CHECKPOINT
+    ([], True)
+    """
+    model = task_model(parameters)
+    if model == "":
+        return TaskTree([], [], NO_CHECKPOINT, 0)
+    return model_task_tree(parameters.modality, parameters.tasks, show_weak=bool(parameters.showWeakTasks),
+                           model=model, catalog=catalog)
+
+
 def task_tree(modality: str, selected: Sequence[str], catalog: Catalog | None = None, show_weak: bool = False,
               model: str | Path | None = None) -> tuple[list[tuple[str, list[TaskRow]]], list[str]]:
     """The model's structures of ``modality`` grouped for the tree, and which of ``selected`` remain chosen.
@@ -118,6 +150,21 @@ def task_tree(modality: str, selected: Sequence[str], catalog: Catalog | None = 
     """
     tree = model_task_tree(modality, selected, show_weak=show_weak, model=model, catalog=catalog)
     return tree.groups, tree.chosen
+
+
+def guess_on_input(parameters, node, guessed_for: str | None, catalog: Catalog | None = None) -> tuple[str | None,
+                                                                                                      str | None]:
+    """After the input selector changed: (volume id guessed for, hint line; ``None``: leave the hint as it is).
+
+    The modality is guessed once per volume and written to ``parameters.modality``; choosing the same volume again
+    keeps the user's own choice.
+    """
+    if node is None or parameters is None or node.GetID() == guessed_for:
+        return guessed_for, None
+    guess = guess_modality(node, catalog)
+    if parameters.modality != guess.modality:
+        parameters.modality = guess.modality
+    return node.GetID(), modality_hint(guess)
 
 
 def modality_hint(guess: ModalityGuess) -> str:
@@ -152,7 +199,8 @@ def request_from_parameters(parameters) -> SegmentationRequest:
     p = parameters
     return SegmentationRequest(p.inputVolume, tasks=p.tasks, modality=p.modality, device=p.device,
                                model=None if p.useBundledModel else p.modelPath,
-                               segmentation=p.outputSegmentation, replace_existing=not p.addBeside)
+                               segmentation=p.outputSegmentation, replace_existing=not p.addBeside,
+                               roi=p.roi)
 
 
 def refinement_request(parameters, segmentation, segment_ids: Sequence[str]) -> RefinementRequest:
@@ -263,3 +311,69 @@ def ensure_dependencies(requirements: str | Path, confirm: Callable[[str], bool]
     except Exception:  # noqa: BLE001 - shown by error_display (ImportError: no PyTorch extension)
         return False
     return not missing_dependencies(dependencies)
+
+
+def dependency_status(dependencies: Sequence[Dependency] = DEPENDENCIES) -> tuple[str, bool]:
+    """(line of the Dependencies section, whether its Install button has anything to do).
+
+    >>> dependency_status([])
+    ('All Python packages UniversalSeg needs are installed.', False)
+    >>> dependency_status([Dependency("no_such_module_xyz", "no-such==1.0", "pip")])[0]
+    'Missing: no-such==1.0. Install them here, or they are offered on the first Segment.'
+    """
+    missing = missing_dependencies(dependencies)
+    if not missing:
+        return "All Python packages UniversalSeg needs are installed.", False
+    names = ", ".join(d.requirement for d in missing)
+    return f"Missing: {names}. Install them here, or they are offered on the first Segment.", True
+
+
+# ------------------------------------------------------------------------------------------ parameter node
+class PanelBinding:
+    """Connects the module's parameter node to the panel, and lets it go, in the one order that keeps them in step.
+
+    ``guis``: what ``connectGui`` binds (each section's widget, whose children carry ``SlicerParameterName``);
+    ``input_changed``: the input selector's ``currentNodeChanged`` signal; ``on_input(node)``: the modality guess
+    (:func:`guess_on_input`); ``on_modified()``: the panel update, also called on every change of the node.
+
+    - Binding, ``connectGui`` comes before ``on_input`` is connected: the wrapper's slot on the selector then runs
+      first, so when the user picks a volume the node holds it before ``on_input`` writes the guessed modality
+      (the other way round the update that write triggers puts the old volume back into the selector). And
+      ``connectGui`` writes the node's stored volume into the selector while ``on_input`` is not yet listening,
+      so a modality the user chose earlier is not guessed over.
+    - Unbinding, ``on_input`` is disconnected before ``disconnectGui``, the mirror image: nothing runs the guess
+      against a node that is being let go.
+
+    ``Testing/test_slicer_panel.py`` checks both with Slicer's own ``parameterNodeWrapper`` and a real volume node.
+    """
+
+    def __init__(self, guis: Sequence[object], input_changed, on_input: Callable[[object], object],
+                 on_modified: Callable[[], object]) -> None:
+        self.guis, self.input_changed = list(guis), input_changed
+        self.on_input, self.on_modified = on_input, on_modified
+        self.node = None
+        self._tags: list[object] = []
+        self._observer: int | None = None
+
+    def _modified(self, *_) -> None:
+        self.on_modified()
+
+    def bind(self, node) -> None:
+        """Let the current node go (if any), then bind ``node`` (``None``: stay unbound)."""
+        import vtk
+
+        old, self.node = self.node, None
+        if old is not None:
+            self.input_changed.disconnect(self.on_input)
+            for tag in self._tags:
+                old.disconnectGui(tag)
+            if self._observer is not None:
+                old.RemoveObserver(self._observer)
+            self._tags, self._observer = [], None
+        if node is None:
+            return
+        self.node = node
+        self._tags = [node.connectGui(gui) for gui in self.guis]
+        self.input_changed.connect(self.on_input)
+        self._observer = node.AddObserver(vtk.vtkCommand.ModifiedEvent, self._modified)
+        self.on_modified()
