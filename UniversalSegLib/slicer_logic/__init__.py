@@ -40,7 +40,6 @@ from .dependencies import (
     DependencyError,
     dependency_error,
     missing_dependencies,
-    pip_arguments,
 )
 from .jobs import MIN_WINDOW, STAGE_SPAN, STAGE_TEXT, JobStatus, SegmentationJob, SegmentFunction
 from .logic import AppliedSegmentation, SlicerSegmentationLogic
@@ -64,6 +63,6 @@ __all__ = [
     "TERMINOLOGY_TAG", "AppliedSegmentation", "Dependency", "DependencyError", "JobStatus", "ModalityGuess",
     "PreparedRun", "SegmentFunction", "SegmentationJob", "SegmentationRequest", "SlicerSegmentationLogic",
     "dependency_error", "dice", "dicom_tags", "guess_modality", "ijk_to_ras", "ijk_to_ras_from_image",
-    "image_from_volume_node", "missing_dependencies", "pip_arguments", "resolve_device", "segment_arrays",
+    "image_from_volume_node", "missing_dependencies", "resolve_device", "segment_arrays",
     "task_groups", "validate_request", "volume_node_from_image",
 ]

@@ -76,21 +76,6 @@ def missing_dependencies(dependencies: Sequence[Dependency] = DEPENDENCIES) -> l
     return [dep for dep in dependencies if importlib.util.find_spec(dep.module) is None]
 
 
-def pip_arguments(requirements: str | Path, wheel_folder: str | Path | None = None) -> list[str]:
-    """Arguments for ``slicer.util.pip_install`` (a list, so paths with spaces survive).
-
-    Superseded by :func:`ensure_dependencies`, which adds ``--no-deps`` and the constraints file: ``-r`` alone
-    lets pip resolve MONAI's ``torch`` requirement and replace the torch build Slicer has.
-
-    With ``wheel_folder`` the install is offline: pip looks only in that folder of ``.whl`` files.
-
-    >>> pip_arguments("req.txt", "/media/wheels")
-    ['--no-index', '--find-links', '/media/wheels', '-r', 'req.txt']
-    """
-    offline = ["--no-index", "--find-links", str(wheel_folder)] if wheel_folder else []
-    return [*offline, "-r", str(requirements)]
-
-
 def dependency_error(missing: Sequence[Dependency], requirements: str | Path = "Resources/requirements.txt") -> \
         DependencyError:
     """The error naming what is missing, what to install and the online and offline routes.

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,7 +22,7 @@ from ..catalog import Catalog
 from ..errors import CancelledError, CheckpointError, UniversalSegError
 from ..model_tasks import WEAK_DICE, ModelTask, offered_tasks, weak_warning
 from ..refine.prompts import MODES
-from .dependencies import DEPENDENCIES, Dependency, dependency_error, missing_dependencies, pip_arguments
+from .dependencies import DEPENDENCIES, Dependency, missing_dependencies
 from .jobs import JobStatus, SegmentationJob
 from .logic import SlicerSegmentationLogic
 from .modality import ModalityGuess, guess_modality
@@ -251,68 +250,6 @@ def undo_text(undone: str | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ dependencies
-def install_prompt(missing: Sequence[Dependency], requirements: str | Path) -> str:
-    """The question asked before installing what is missing, with the offline route.
-
-    >>> install_prompt([Dependency("numpy", "numpy", "slicer")], "req.txt").splitlines()[0]
-    'Python packages missing in Slicer: numpy.'
-    """
-    error = dependency_error(missing, requirements)
-    return (f"{error.problem}.\n\nInstall them now? This may take several minutes.\n\n"
-            f"Offline: {error.hint}")
-
-
-def install_torch_through_extension() -> object:
-    """Install torch with the PyTorch extension, which picks the CUDA or CPU build (``None``: not installed)."""
-    import PyTorchUtils  # the PyTorch extension: an ImportError when it is not installed
-
-    return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-
-
-def install_dependencies(missing: Sequence[Dependency], requirements: str | Path,
-                         pip_install: Callable[[list[str]], object],
-                         install_torch: Callable[[], object] = install_torch_through_extension) -> None:
-    """Install ``missing``: torch through ``install_torch``, the pip route with ``pip_install`` (raises on failure).
-
-    >>> calls = []
-    >>> install_dependencies([Dependency("monai", "monai==1.6.1", "pip")], "req.txt", calls.append)
-    >>> calls
-    [['-r', 'req.txt']]
-    """
-    if any(d.route == "pytorch" for d in missing) and install_torch() is None:
-        raise RuntimeError("torch was not installed")
-    if any(d.route == "pip" for d in missing):
-        pip_install(pip_arguments(requirements))
-    no_deps = [d.requirement for d in missing if d.route == "pip-no-deps"]
-    if no_deps:
-        pip_install(["--no-deps", *no_deps])
-
-
-def ensure_dependencies(requirements: str | Path, confirm: Callable[[str], bool],
-                        error_display: Callable[[], AbstractContextManager], pip_install: Callable[[list[str]], object],
-                        install_torch: Callable[[], object] = install_torch_through_extension,
-                        dependencies: Sequence[Dependency] = DEPENDENCIES) -> bool:
-    """Whether the engine's packages are there, installing what is missing once ``confirm(prompt)`` says yes.
-
-    ``error_display()`` is the context that shows an install failure (``slicer.util.tryWithErrorDisplay``);
-    the failure then returns ``False``.
-
-    >>> ensure_dependencies("req.txt", confirm=None, error_display=None, pip_install=None)  # nothing missing
-    True
-    """
-    missing = missing_dependencies(dependencies)
-    if not missing:
-        return True
-    if not confirm(install_prompt(missing, requirements)):
-        return False
-    try:
-        with error_display():
-            install_dependencies(missing, requirements, pip_install, install_torch)
-    except Exception:  # noqa: BLE001 - shown by error_display (ImportError: no PyTorch extension)
-        return False
-    return not missing_dependencies(dependencies)
-
-
 def dependency_status(dependencies: Sequence[Dependency] = DEPENDENCIES) -> tuple[str, bool]:
     """(line of the Dependencies section, whether its Install button has anything to do).
 
