@@ -33,8 +33,8 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(name + ".json")
 
 
-def sidecar(result: SegmentationResult, source: str = "") -> dict:
-    """The sidecar content: label value -> task id, name, colour and Slicer terminology."""
+def sidecar(result: SegmentationResult, source: str = "", extra: dict | None = None) -> dict:
+    """The sidecar content: label value -> task id, name, colour and Slicer terminology (plus ``extra``'s keys)."""
     return {
         "labels": {str(value): _task_entry(task) for value, task in enumerate(result.tasks, start=1)},
         "modality": result.modality.id,
@@ -42,6 +42,7 @@ def sidecar(result: SegmentationResult, source: str = "") -> dict:
         "source_image": source,
         "seconds": round(result.seconds, 2),
         "universalseg_version": __version__,
+        **(extra or {}),
     }
 
 
@@ -52,14 +53,16 @@ def _task_entry(task: Task) -> dict:
 
 
 def write_result(result: SegmentationResult, path: str | Path, probabilities_dir: str | Path | None = None,
-                 source: str = "", overwrite: bool = False, inputs: tuple = ()) -> list[Path]:
+                 source: str = "", overwrite: bool = False, inputs: tuple = (),
+                 extra: dict | None = None) -> list[Path]:
     """Write ``result`` by the extension of ``path``; return the paths written.
 
     ``.seg.nrrd`` gives a Slicer segmentation file (names, colours, terminology in its header);
     ``.nii.gz``/``.nii``/``.nrrd``/``.mha`` a label map plus ``<name>.json``. With
     ``probabilities_dir`` each task's probability map goes to ``<dir>/<task id>.nii.gz``.
     No output may be one of ``inputs`` (nor ``source``); existing outputs are replaced only with
-    ``overwrite`` (see :mod:`UniversalSegLib.safe_write`).
+    ``overwrite`` (see :mod:`UniversalSegLib.safe_write`). ``extra`` keys are added to the sidecar
+    (``batch`` records the model's sha256 and the options there).
     """
     path = Path(path)
     lower = path.name.lower()
@@ -71,7 +74,7 @@ def write_result(result: SegmentationResult, path: str | Path, probabilities_dir
         outputs.append((path, seg_nrrd_image(result)))
     else:
         outputs.append((path, result.labels))
-        outputs.append((sidecar_path(path), json.dumps(sidecar(result, source), indent=2)))
+        outputs.append((sidecar_path(path), json.dumps(sidecar(result, source, extra), indent=2)))
     if probabilities_dir is not None and result.probabilities:
         folder = Path(probabilities_dir)
         try:
