@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_checkpoint
+from conftest import REPO, build_checkpoint
 
 from UniversalSegLib.errors import CheckpointError
 from UniversalSegLib.models import load_checkpoint
-from UniversalSegLib.training.export import REPO, export_model
+from UniversalSegLib.training.export import export_model
 from UniversalSegLib.volume import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +36,7 @@ def test_export_writes_weights_and_manifest_without_machine_paths(tmp_path: Path
     source = _trained_checkpoint(tmp_path / "best.pt")
     out = tmp_path / "ship" / "model.pt"
     out.parent.mkdir()
-    manifest = export_model(source, out, version="9.9.9", evaluation={"a": {"mean_dice": 0.5}})
+    manifest = export_model(source, out, version="9.9.9", evaluation={"a": {"mean_dice": 0.5}}, root=REPO)
 
     config = manifest["training"]["config"]
     assert config["data_root"] == "../shared/data"  # beside the repository: stays findable

@@ -10,6 +10,7 @@ import pytest
 from UniversalSegLib.catalog import BUNDLED, Catalog
 from UniversalSegLib.errors import CheckpointError
 from UniversalSegLib.model_tasks import DEFAULT_MANIFEST, WEAK_DICE, model_tasks, offered_tasks, read_manifest
+from UniversalSegLib.policy import POLICY_KEY
 from UniversalSegLib.slicer_logic.widget_glue import model_task_tree, task_tree
 
 HN = ["brainstem", "spinal_cord", "parotid_right", "parotid_left", "esophagus", "larynx", "mandible"]
@@ -23,6 +24,9 @@ def test_every_model_task_has_its_validation_dice():
     by_id = {t.id: t for t in tasks}
     labels = manifest["validation"]["ct_headneck_openkbp"]["labels"]
     assert by_id["brainstem"].dice == labels["Brainstem"]["dice"] and by_id["brainstem"].source == "validation"
+    block = manifest[POLICY_KEY]["tasks"]  # read from the manifest's policy block, which holds those figures
+    assert all(by_id[t].dice == block[t]["validation"]["coarse_dice"] and by_id[t].weak != block[t]["shown"]
+               for t in manifest["task_ids"])
     assert by_id["heart_lv_myocardium"].modality == "cine-MR" and by_id["left_atrium_cavity"].modality == "LGE-MR"
     tumour = [t for t in tasks if t.id.startswith("brain_tumour")]
     assert len(tumour) == 4 and all(t.weak and t.dice < WEAK_DICE and t.modality == "MR-FLAIR" for t in tumour)
@@ -41,19 +45,45 @@ def test_only_tasks_trained_for_the_modality_are_offered():
     assert everything[-1].label().endswith("(not in the model)")
 
 
-def test_a_refined_report_is_used_when_the_catalog_refines_by_default(tmp_path):
+def test_the_dice_is_that_of_the_manifest_policy_not_the_catalog(tmp_path):
+    """The model's ``inference_policy`` block decides: refined Dice where it refines, whatever the catalog says."""
+    raw = json.loads(BUNDLED.read_text())
+    for task in raw["tasks"]:
+        task["refine"] = task["id"] == "larynx"  # a catalog that would refine the larynx
+    (tmp_path / "catalog.json").write_text(json.dumps(raw))
+    catalog = Catalog.load(tmp_path / "catalog.json")
+    manifest = json.loads(DEFAULT_MANIFEST.read_text())
+    block = manifest[POLICY_KEY]["tasks"]
+    block["mandible"].update(refine=True)
+    block["mandible"]["validation"]["refined_dice"] = 0.9
+    by_id = {t.id: t for t in model_tasks(manifest, catalog)}
+    assert by_id["mandible"].dice == 0.9 and by_id["mandible"].source == "validation (refined)"
+    assert by_id["larynx"].dice == block["larynx"]["validation"]["coarse_dice"]  # the model does not refine it
+    block["mandible"]["validation"]["refined_dice"] = 0.3  # refined worse than coarse: no longer shown
+    with pytest.raises(CheckpointError, match=r"tasks\.mandible\.shown is true but the default policy's "
+                                              r"refined_dice is 0\.3"):
+        model_tasks(manifest, catalog)
+    block["mandible"]["shown"] = False
+    assert {t.id: t for t in model_tasks(manifest, catalog)}["mandible"].weak
+
+
+def test_a_manifest_without_policy_takes_the_catalogs(tmp_path):
+    """An export from before the block: the catalog's refine flags pick the refined or the plain report."""
     raw = json.loads(BUNDLED.read_text())
     for task in raw["tasks"]:
         task["refine"] = task["id"] == "mandible"
     (tmp_path / "catalog.json").write_text(json.dumps(raw))
     catalog = Catalog.load(tmp_path / "catalog.json")
     manifest = json.loads(DEFAULT_MANIFEST.read_text())
+    del manifest[POLICY_KEY]
     manifest["validation"]["refined"] = {"refinement": {"backend": "x"},
                                          "labels": {"Mandible": {"dice": 0.9}, "Larynx": {"dice": 0.1}}}
     by_id = {t.id: t for t in model_tasks(manifest, catalog)}
-    assert by_id["mandible"].dice == 0.9 and by_id["mandible"].source == "validation"
+    assert by_id["mandible"].dice == 0.9 and by_id["mandible"].source == "validation (refined)"
     plain = manifest["validation"]["ct_headneck_openkbp"]["labels"]["Larynx"]["dice"]
     assert by_id["larynx"].dice == plain  # not refined by default: the plain report's figure
+    assert [(t.id, t.dice, t.weak) for t in model_tasks(manifest)] == [  # the bundled catalog: as the shipped block
+        (t.id, t.dice, t.weak) for t in model_tasks()]
 
 
 def test_a_model_without_manifest_is_an_error(tmp_path):

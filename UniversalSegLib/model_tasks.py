@@ -1,10 +1,11 @@
 """What a model can segment, read from its manifest (``MODEL.json`` beside ``MODEL.pt``), without torch.
 
 Each task the model was trained on comes with the modality it was trained and validated on and its validation
-Dice under the default inference policy (the ``validation`` reports of ``universalseg export --evaluation``:
-catalog keep-largest, mirror averaging; a refined report when the catalog refines the task by default). A task
-validated only during training uses that figure; one with no figure at all has ``dice`` ``None``. Tasks below
-:data:`WEAK_DICE` (or without a figure) are *weak*: hidden unless asked for.
+Dice under the model's default inference policy: the manifest's ``inference_policy`` block
+(:mod:`UniversalSegLib.policy`; the refined Dice where the policy refines the task). A manifest without the
+block (exported before 0.9) gets it from the catalog's policy and its ``validation`` reports (a task validated
+only during training uses that figure). A task without a figure has ``dice`` ``None``. Tasks the policy does not
+show (Dice below :data:`WEAK_DICE`, or none) are *weak*: hidden unless asked for.
 
 >>> tasks = {t.id: t for t in model_tasks()}
 >>> tasks["mandible"].modality, round(tasks["mandible"].dice, 2), tasks["mandible"].weak
@@ -25,11 +26,12 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .errors import CatalogError, CheckpointError
+from .policy import SHOW_DICE, InferencePolicy, build_policy, policy_of, validate_policy
 
 #: The bundled model's manifest.
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "weights" / "universalseg-small.json"
-#: Validation Dice below this marks a task weak: hidden by default.
-WEAK_DICE = 0.5
+#: Validation Dice below this marks a task weak: hidden by default (the policy's ``shown`` is false).
+WEAK_DICE = SHOW_DICE
 WEAK_WARNING = ("Weak tasks validated below Dice {threshold:.2f} (or were not validated): their results are often "
                 "wrong or empty. Use them only to try, and check every result.")
 
@@ -92,52 +94,50 @@ def _task_of(catalog: Catalog, label: str) -> str | None:
         return None
 
 
+def model_policy(manifest: dict, catalog: Catalog | None = None, where: str = "model manifest") -> InferencePolicy:
+    """The manifest's validated ``inference_policy`` block; for a manifest without one (exported before 0.9),
+    the same block made from the catalog's policy and the manifest's validation reports."""
+    policy = policy_of(manifest, where)
+    if policy is None:
+        policy = validate_policy(build_policy(manifest, catalog or Catalog.load()), where=f"{where} (catalog policy)")
+    return policy
+
+
 def model_tasks(model: str | Path | dict | None = None, catalog: Catalog | None = None) -> list[ModelTask]:
     """The tasks of a model (manifest dict, model/manifest path, ``None``: bundled) in the model's order."""
     catalog = catalog or Catalog.load()
     manifest = model if isinstance(model, dict) else read_manifest(model)
-    trained = {d.get("name"): d.get("modality") for d in manifest.get("training", {}).get("datasets", [])}
+    where = "model manifest" if isinstance(model, dict) else f"model manifest {manifest_path(model)}"
+    policy = model_policy(manifest, catalog, where)
+    trained = {d.get("name"): d.get("modality") for d in (manifest.get("training") or {}).get("datasets") or []}
     modality: dict[str, str] = {}
     for name, mod in trained.items():
         entry = catalog.datasets.get(name)
         for tid in (entry.labels.values() if entry else ()):
             modality.setdefault(tid, mod or entry.modality)
-    dice: dict[str, tuple[float, str]] = {}
-    during = manifest.get("validation_during_training", {}).get("dice_per_label", {})
+    during = (manifest.get("validation_during_training") or {}).get("dice_per_label") or {}
     for key, value in during.items():  # "dataset/Label"
         dataset, _, label = key.partition("/")
         tid = _task_of(catalog, label)
-        if tid is not None and value is not None:
-            dice[tid] = (float(value), "validation during training")
-            if dataset in trained:
-                modality.setdefault(tid, trained[dataset])
-    refined_by_default = {t.id for t in catalog.tasks if t.refine}
-    best: dict[str, tuple[bool, float]] = {}  # task -> (report matches the default refinement, dice)
-    for name, report in manifest.get("validation", {}).items():
-        refined = bool(report.get("refinement"))
-        for label, figures in report.get("labels", {}).items():
+        if tid is not None and value is not None and dataset in trained:
+            modality.setdefault(tid, trained[dataset])
+    for name, report in (manifest.get("validation") or {}).items():
+        for label, figures in (report.get("labels") or {}).items():
             tid = _task_of(catalog, label)
-            if tid is None or figures.get("dice") is None:
-                continue
-            matches = refined == (tid in refined_by_default)
-            if tid not in best or (matches and not best[tid][0]):
-                best[tid] = (matches, float(figures["dice"]))
-            if name in trained or name in catalog.datasets:
+            known = name in trained or name in catalog.datasets
+            if tid is not None and (figures or {}).get("dice") is not None and known:
                 modality.setdefault(tid, trained.get(name) or catalog.datasets[name].modality)
-    for tid, (matches, value) in best.items():
-        dice[tid] = (value, "validation" if matches else "validation (other refinement)")
-    for tid, policy in manifest.get("task_policy", {}).items():  # a formal per-task block, when a manifest has one
-        if isinstance(policy, dict) and policy.get("dice") is not None:
-            dice[tid] = (float(policy["dice"]), "task policy")
     out = []
     for tid in manifest["task_ids"]:
         try:
             task = catalog.task(tid)
         except CatalogError:
             continue  # a task of a newer catalog: this version cannot write it
-        value, source = dice.get(tid, (None, "none"))
+        entry = policy.tasks.get(tid)
+        value = entry.dice if entry is not None else None
+        source = "none" if entry is None or value is None else "validation (refined)" if entry.refine else entry.source
         out.append(ModelTask(task.id, task.name, modality.get(tid), value,
-                             weak=value is None or value < WEAK_DICE, source=source))
+                             weak=entry is None or not entry.shown, source=source))
     return out
 
 

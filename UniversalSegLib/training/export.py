@@ -18,34 +18,47 @@ import json
 import os
 from pathlib import Path
 
-from .. import __version__
+from .. import REQUIRES_FIELD, __version__
+from ..catalog import Catalog
 from ..errors import CheckpointError
+from ..policy import POLICY_KEY, build_policy, validate_policy
 from ..volume import file_sha256
 
-REPO = Path(__file__).resolve().parents[2]
 NON_COMMERCIAL_HINTS = ("non-commercial", "noncommercial", "research use", "research, non-commercial", "nc-")
 
 
-def _relative(value: object) -> object:
-    """Paths of this machine inside metadata become repository-relative (or just a file name).
+def requires_spec(version: str = __version__) -> str:
+    """The package versions an export of ``version`` works with: the same major release from its minor on.
 
-    Paths beside the repository (``../shared/data``) keep their ``../`` form; others keep only their name.
+    >>> requires_spec("0.9.0"), requires_spec("1.2.3")
+    ('>=0.9,<1.0', '>=1.2,<2.0')
     """
+    major, minor = ([int("".join(c for c in p if c.isdigit()) or 0) for p in version.split(".")] + [0, 0])[:2]
+    return f">={major}.{minor},<{major + 1}.0"
+
+
+def _relative(value: object, root: Path | None = None) -> object:
+    """Paths of this machine inside metadata become relative to ``root`` (default: the working directory, which
+    relative paths such as :mod:`UniversalSegLib.paths`' defaults are read from), or just a file name.
+
+    Paths beside ``root`` (``../shared/data``) keep their ``../`` form; others keep only their name.
+    """
+    root = Path(os.path.normpath(root if root is not None else Path.cwd()))
     if isinstance(value, dict):
-        return {k: _relative(v) for k, v in value.items()}
+        return {k: _relative(v, root) for k, v in value.items()}
     if isinstance(value, list):
-        return [_relative(v) for v in value]
+        return [_relative(v, root) for v in value]
     if isinstance(value, str) and value.startswith("/"):
         path = Path(os.path.normpath(value))  # not resolve(): a linked ../shared stays ../shared
-        if path.is_relative_to(REPO):
-            return str(path.relative_to(REPO))
-        if path.is_relative_to(REPO.parent):
-            return str(Path("..") / path.relative_to(REPO.parent))
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+        if path.is_relative_to(root.parent):
+            return str(Path("..") / path.relative_to(root.parent))
         return path.name
     return value
 
 
-def _earlier_stages(metadata: dict, limit: int = 20) -> list[dict]:
+def _earlier_stages(metadata: dict, limit: int = 20, root: Path | None = None) -> list[dict]:
     """The runs a checkpoint's run started from (``config.init_from``, followed back), oldest first.
 
     An exported model that a run started from brings its own history: the ``earlier_stages`` it carries,
@@ -56,7 +69,7 @@ def _earlier_stages(metadata: dict, limit: int = 20) -> list[dict]:
     stages: list[dict] = []
     source = (metadata.get("config") or {}).get("init_from")
     while source and len(stages) < limit:
-        stage: dict = {"checkpoint": _relative(source)}
+        stage: dict = {"checkpoint": _relative(source, root)}
         try:
             earlier = torch.load(source, map_location="cpu", weights_only=True).get("metadata", {})
         except (OSError, RuntimeError, AttributeError):
@@ -97,18 +110,27 @@ def usage_terms(licences: dict[str, str]) -> str:
 
 
 def export_model(checkpoint: str | Path, output: str | Path, version: str = __version__,
-                 evaluation: dict | None = None, overwrite: bool = False, inputs: tuple = ()) -> dict:
+                 evaluation: dict | None = None, overwrite: bool = False, inputs: tuple = (), *,
+                 policy: dict[str, dict] | None = None, root: str | Path | None = None,
+                 requires: str | None = None, catalog: Catalog | None = None) -> dict:
     """Copy ``checkpoint`` (our format) to ``output`` without machine paths; write ``output``'s manifest.
 
     Neither ``output`` nor its manifest may be ``checkpoint`` or one of ``inputs`` (e.g. the evaluation
     reports); existing files are replaced only with ``overwrite``.
 
-    ``evaluation`` (dataset -> report of :func:`~UniversalSegLib.training.evaluate.evaluate_dataset`)
-    adds full validation-split figures to the manifest.
+    ``evaluation`` (name -> report of :func:`~UniversalSegLib.training.evaluate.evaluate_dataset`)
+    adds full validation-split figures to the manifest; a report with a ``refinement`` entry gives the
+    refined Dice. The manifest's ``inference_policy`` block (:mod:`UniversalSegLib.policy`) holds the
+    catalog's policy per task, changed by ``policy`` (task id -> fields, e.g. ``{"esophagus":
+    {"keep_largest": True}}``), with those figures (else the validation during training). Paths in the
+    metadata become relative to ``root`` (default: the working directory). ``requires``: the package
+    versions the model works with (default :func:`requires_spec` of this version).
     """
     import torch
 
     from ..safe_write import atomic_output, check_outputs
+
+    root = Path(root) if root is not None else None
 
     output = Path(output)
     inputs = (checkpoint, *inputs)
@@ -121,10 +143,14 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
     if not isinstance(payload, dict) or payload.get("format") != "universalseg-hermes":
         raise CheckpointError(f"'{checkpoint}' is not in UniversalSeg's checkpoint format",
                               "export the best.pt or final.pt a training run wrote")
-    stages = _earlier_stages(payload.get("metadata", {}))
-    metadata = _relative(payload.get("metadata", {}))
+    stages = _earlier_stages(payload.get("metadata", {}), root=root)
+    metadata = _relative(payload.get("metadata", {}), root)
     metadata["earlier_stages"] = stages  # so that a run starting from the exported model keeps its history
     payload["metadata"] = metadata
+    figures = {"task_ids": payload.get("task_ids"), "validation": evaluation or {},
+               "validation_during_training": {"dice_per_label": metadata.get("val_dice_per_label")}}
+    block = build_policy(figures, catalog or Catalog.load(), policy)
+    validate_policy(block, payload.get("task_ids"), f"the inference policy for {output}")  # before writing
     output = Path(output)
     with atomic_output(output, overwrite, inputs) as tmp:
         torch.save(payload, tmp)
@@ -133,6 +159,7 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
     manifest = {
         "name": output.stem,
         "version": version,
+        REQUIRES_FIELD: requires or requires_spec(__version__),
         "file": output.name,
         "sha256": digest,
         "bytes": output.stat().st_size,
@@ -145,6 +172,7 @@ def export_model(checkpoint: str | Path, output: str | Path, version: str = __ve
         "model_config": payload.get("config"),
         "parameters": int(sum(t.numel() for t in payload["state_dict"].values())),
         "inference": payload.get("inference"),
+        POLICY_KEY: block,
         "training": {
             "datasets": metadata.get("datasets"),
             "licences": licences,
