@@ -5,7 +5,7 @@
                          [--device cpu|cuda|auto] [--threads N] [--force] [--[no-]keep-largest]
                          [--probabilities DIR] [--window X Y Z] [--overlap F] [--windows-per-pass N]
                          [--blend gaussian|constant] [--threshold F] [--[no-]mirror] [--preview PNG] [--quiet]
-                         [--refine] [--refine-task T ...]
+                         [--refine] [--refine-task T ...] [--runtime auto|torch|onnx] [--profile JSON]
     universalseg batch (INPUT_DIR | --cases CSV) -o OUTPUT_DIR [--workers N | --scheduler ADDRESS] [--overwrite]
                        [every segment option]
     universalseg refine IMAGE (--mask COARSE | --box i0,j0,k0,i1,j1,k1) -o OUT [--modality M]  (see refine/cli.py)
@@ -25,8 +25,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .errors import UniversalSegError
 from .detect.cli import add_detect_parser, cmd_detect_segment
+from .errors import UniversalSegError
 from .refine.cli import add_refine_parser, add_segment_refine_options, cmd_refine, refine_result, refining_step
 
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ev.add_argument("--threads", type=int, help="CPU threads for torch")
     ev.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
-                    help="as for segment (default: the catalog's keep_largest tasks)")
+                    help="as for segment (default: the model's policy)")
     ev.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True, help="as for segment")
     add_segment_refine_options(ev)
     add_refine_parser(sub)
@@ -116,7 +116,7 @@ def add_segment_options(parser: argparse.ArgumentParser, batch: bool = False) ->
     parser.add_argument("--force", action="store_true", help="allow tasks that do not apply to the modality")
     parser.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
                         help="keep only the largest connected component of every task (--no-keep-largest: of none; "
-                             "default: of the tasks the catalog marks keep_largest)")
+                             "default: of the tasks the model's inference policy marks keep_largest)")
     parser.add_argument("--probabilities", metavar="DIR",
                         help="also write one probability map per task here" + (" (batch: DIR/<case>/)" * batch))
     parser.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size")
@@ -125,10 +125,11 @@ def add_segment_options(parser: argparse.ArgumentParser, batch: bool = False) ->
     parser.add_argument("--batch", type=int, dest="windows_per_pass", action=_DeprecatedAlias,
                         help=argparse.SUPPRESS)  # renamed in 0.9 (clashed with `universalseg batch`); drop in 1.0
     parser.add_argument("--blend", default="gaussian", choices=["gaussian", "constant"], help="window weighting")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold per task")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="one probability threshold for every task (default: each task's, from the model's policy)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                         help="average with the left-right mirrored image, paired organs swapped, for the tasks the "
-                             "catalog gives a mirror (default; twice their time); --no-mirror: plain")
+                             "model's inference policy gives a mirror (default; twice their time); --no-mirror: plain")
     parser.add_argument("--preview", metavar="DIR" if batch else "PNG",
                         help="also write three orthogonal slices with the overlay" + (" (batch: DIR/<case>.png)"
                                                                                        * batch))
