@@ -108,8 +108,8 @@ def test_missing_weights_package_is_named(monkeypatch) -> None:
 
 def test_onnx_encoder_matches_torch(original: LiteMedSAM) -> None:
     pytest.importorskip("onnxruntime")
+    from UniversalSegLib.onnx_runtime import OnnxEncoder
     from UniversalSegLib.refine.litemedsam import wheel_checkpoint
-    from UniversalSegLib.refine.onnx_encoder import OnnxEncoder
     from UniversalSegLib.volume import file_sha256
 
     onnx = OnnxEncoder.create(original.image_encoder, file_sha256(wheel_checkpoint()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,9 +21,13 @@ import SimpleITK as sitk
 from .catalog import Catalog, Modality
 from .dicom_out import write_dicom
 from .errors import CatalogError, CheckpointError
-from .inference import InferenceOptions, Progress, SegmentationResult, Segmenter
+from .inference import InferenceOptions, Progress, SegmentationResult, Segmenter, _stage
+from .policy import load_policy
 from .volume import ImageInfo, check_volume, read_image
 from .writers import write_result
+
+if TYPE_CHECKING:
+    from .profiling import Profile
 
 __all__ = ["DEFAULT_MODEL", "segment", "load_model", "choose_modality", "write_result", "write_dicom",
            "InferenceOptions"]
@@ -31,11 +36,15 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "universalseg-smal
 CT_MINIMUM_HU = -500.0  # air in a CT is about -1000 HU; MR and PET have no values this low
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu", catalog: Catalog | None = None) -> Segmenter:
+def load_model(path: str | Path | None = None, device: str = "cpu", catalog: Catalog | None = None,
+               backend: str = "torch", threads: int | None = None) -> Segmenter:
     """Load a checkpoint (ours or the original Hermes layout) as a :class:`Segmenter`.
 
     ``None`` loads the bundled default model. The checkpoint's task ids must all be in the
-    catalog, unless it is an original Hermes checkpoint with generic ids.
+    catalog, unless it is an original Hermes checkpoint with generic ids. ``backend``: ``"torch"`` (the
+    reference), ``"onnx"`` (ONNX Runtime on the CPU, torch-free once the graph is exported and cached, see
+    :mod:`UniversalSegLib.onnx_runtime`) or ``"auto"`` (onnx where onnxruntime is installed and the device is the
+    CPU; torch, with a note on stderr, if the export fails). ``threads``: ONNX Runtime's intra-op threads.
     """
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
@@ -43,16 +52,39 @@ def load_model(path: str | Path | None = None, device: str = "cpu", catalog: Cat
                 "the bundled model is missing from this installation: reinstall, or pass --model PATH")
         raise CheckpointError(f"model checkpoint '{path}' does not exist", hint)
     stat = path.stat()
-    return _load_cached(str(path), stat.st_mtime_ns, stat.st_size, device, catalog or Catalog.load())
+    from .onnx_runtime import choose_backend
+
+    chosen = choose_backend(backend, device)
+    args = (str(path), stat.st_mtime_ns, stat.st_size, device, catalog or Catalog.load())
+    if chosen == "onnx":
+        try:
+            return _load_cached(*args, "onnx", threads)
+        except Exception as err:  # auto: an export that fails must not stop the segmentation
+            if backend != "auto" or isinstance(err, CheckpointError):
+                raise
+            import sys
+
+            print(f"note: ONNX Runtime backend unavailable ({err}); using torch", file=sys.stderr)
+    return _load_cached(*args, "torch", None)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(path: str, _mtime: int, _size: int, device: str, catalog: Catalog) -> Segmenter:
-    from .models import load_checkpoint
+def _load_cached(path: str, _mtime: int, _size: int, device: str, catalog: Catalog, backend: str = "torch",
+                 threads: int | None = None) -> Segmenter:
+    loaded: Any
+    if backend == "onnx":
+        from .onnx_runtime import load_hermes
 
-    loaded = load_checkpoint(path)
+        loaded = load_hermes(path, threads=threads)
+    else:
+        from .models import load_checkpoint
+
+        loaded = load_checkpoint(path)
+    # The manifest beside the weights brings the model's inference policy; old exports: the catalog's.
+    policy = load_policy(path, loaded.task_ids) if loaded.source_format == "universalseg" else None
     if loaded.source_format == "universalseg":
-        unknown = [t for t in loaded.task_ids if not _in_catalog(catalog, t)]
+        custom = set(loaded.inference.get("added_tasks") or ())  # add-task names the catalog may not know
+        unknown = [t for t in loaded.task_ids if not _in_catalog(catalog, t) and t not in custom]
         bad_mod = [m for m in loaded.modality_ids if m not in catalog.modalities]
         if unknown or bad_mod:
             raise CheckpointError(
@@ -60,7 +92,7 @@ def _load_cached(path: str, _mtime: int, _size: int, device: str, catalog: Catal
                 f"({catalog.version}) does not have: {', '.join(unknown + bad_mod)}",
                 "update UniversalSeg to a version whose catalog has them, or use a model made for this one",
             )
-    return Segmenter(loaded, device=device, name=Path(path).name)
+    return Segmenter(loaded, device=device, name=Path(path).name, policy=policy)
 
 
 def _in_catalog(catalog: Catalog, task_id: str) -> bool:
@@ -113,6 +145,8 @@ def segment(
     cancel: Callable[[], bool] | None = None,
     catalog: Catalog | None = None,
     info: ImageInfo | None = None,
+    backend: str = "torch",
+    profile: Profile | None = None,
 ) -> SegmentationResult:
     """Segment an image file, DICOM folder or SimpleITK image; the input is never modified.
 
@@ -120,16 +154,22 @@ def segment(
     the model was trained for. With neither,
     every task of the modality that the model knows is segmented. ``info`` (from
     :func:`~UniversalSegLib.volume.read_image`) helps guess the modality of an image passed in memory.
+    ``backend``: see :func:`load_model` (the CLI's default is ``"auto"``, this function's the torch reference);
+    ``profile`` (:class:`~UniversalSegLib.profiling.Profile`) collects per-stage seconds and memory.
     """
-    catalog = catalog or Catalog.load()
-    if isinstance(image, sitk.Image):
-        check_volume(image)
-        info = info or ImageInfo(name="image")
-    else:
-        image, info = read_image(image)
-    requested = list(tasks) + [t.id for g in groups for t in catalog.group(g)]
-    mod = choose_modality(catalog, image, info, modality, requested)
-    segmenter = load_model(model, device=device, catalog=catalog)
+    with _stage(profile, "setup"):
+        catalog = catalog or Catalog.load()
+    with _stage(profile, "read"):
+        if isinstance(image, sitk.Image):
+            check_volume(image)
+            info = info or ImageInfo(name="image")
+        else:
+            image, info = read_image(image)
+    with _stage(profile, "setup"):
+        requested = list(tasks) + [t.id for g in groups for t in catalog.group(g)]
+        mod = choose_modality(catalog, image, info, modality, requested)
+    with _stage(profile, "load_model"):
+        segmenter = load_model(model, device=device, catalog=catalog, backend=backend, threads=threads)
     if tasks or groups:
         named = catalog.resolve(tasks, (), mod.id, force=force) if tasks else []
         grouped = catalog.resolve((), groups, mod.id, force=force) if groups else []
@@ -146,12 +186,15 @@ def segment(
             raise CatalogError(f"the model knows no task for modality {mod.id}",
                                "name the tasks with --task, or choose another model")
     context = [t for g in dict.fromkeys(t.group for t in chosen) for t in catalog.group(g)]
-    if threads:
+    if threads and segmenter.backend == "torch":
         import torch
 
         torch.set_num_threads(threads)
     row = segmenter.modality_row(mod, lambda key: catalog.modality(key))
-    return segmenter.run(image, chosen, mod, row, options, context=context, progress=progress, cancel=cancel)
+    if profile is not None:
+        profile.info.update(backend=segmenter.backend, model=segmenter.name)
+    return segmenter.run(image, chosen, mod, row, options, context=context, progress=progress, cancel=cancel,
+                         profile=profile)
 
 
 def image_checksum(image: sitk.Image) -> str:

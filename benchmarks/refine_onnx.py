@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
+from UniversalSegLib.onnx_runtime import OnnxEncoder
 from UniversalSegLib.refine.litemedsam import LiteMedSAM, wheel_checkpoint
-from UniversalSegLib.refine.onnx_encoder import OnnxEncoder
 from UniversalSegLib.volume import file_sha256
 
 
