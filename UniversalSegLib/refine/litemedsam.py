@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..onnx_runtime import OnnxEncoder
+from ..onnx_runtime import available as onnx_available
 from ..volume import file_sha256
 from .errors import MissingDependencyError
 from .modeling import MaskDecoder, PromptEncoder, TinyViT
-from .onnx_encoder import OnnxEncoder
-from .onnx_encoder import available as onnx_available
-from .slices import boxes_to_input, logits_to_slice, slice_input
+from .slices import boxes_to_input, logits_to_slice, masks_to_input, slice_input
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 FINETUNED = WEIGHTS_DIR / "litemedsam_finetuned.pt"
@@ -123,9 +123,14 @@ class LiteMedSAM(nn.Module):
         return self.image_encoder(images)
 
     def decode(self, embedding: torch.Tensor, boxes: torch.Tensor | None = None,
-               points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (N, 1, 256, 256) and predicted IoU (N, 1) for N prompts on one (or N) embeddings."""
-        sparse, dense = self.prompt_encoder(boxes=boxes, points=points)
+               points: tuple[torch.Tensor, torch.Tensor] | None = None,
+               masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, 1, 256, 256) and predicted IoU (N, 1) for N prompts on one (or N) embeddings.
+
+        ``masks`` (N, 1, 256, 256), logits of a coarse mask, is SAM's dense mask prompt
+        (:func:`~.slices.masks_to_input`).
+        """
+        sparse, dense = self.prompt_encoder(boxes=boxes, points=points, masks=masks)
         return self.mask_decoder(embedding, self.prompt_encoder.dense_pe(), sparse, dense)
 
 
@@ -206,10 +211,12 @@ class SlicePredictor:
         return cached.float(), scale
 
     def predict(self, image: np.ndarray, boxes: np.ndarray | list | None = None,
-                points: np.ndarray | None = None, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                points: np.ndarray | None = None, labels: np.ndarray | None = None,
+                masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Logits on the slice's pixels, (N, h, w), and predicted IoU, (N,), for N boxes (or one point set).
 
-        ``points`` (N, P, 2) with ``labels`` (N, P) (1 positive, 0 negative) add clicks to each prompt.
+        ``points`` (N, P, 2) with ``labels`` (N, P) (1 positive, 0 negative) add clicks to each prompt;
+        ``masks`` (N, h, w) bool, a coarse mask per prompt, adds it as the dense mask prompt.
         """
         embedding, scale = self.embedding(image)
         box_t = boxes_to_input(boxes, scale) if boxes is not None and len(boxes) else None
@@ -217,7 +224,8 @@ class SlicePredictor:
         if points is not None and len(points):
             coords = torch.as_tensor(np.asarray(points, dtype=np.float32) * scale)
             point_t = (coords, torch.as_tensor(np.asarray(labels), dtype=torch.int64))
+        mask_t = masks_to_input(masks, scale) if masks is not None else None
         with torch.inference_mode():
-            logits, iou = self.model.decode(embedding, box_t, point_t)
+            logits, iou = self.model.decode(embedding, box_t, point_t, mask_t)
             logits = logits_to_slice(logits, image.shape, scale)
         return logits.numpy(), iou[:, 0].numpy()
