@@ -6,12 +6,15 @@ segmentation quality use the bundled trained model.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Exported ONNX graphs and other caches of the tests stay in the checkout's git-ignored cache/, not ~/.cache.
+os.environ.setdefault("UNIVERSALSEG_CACHE", str(REPO / "cache" / "test"))
 
 COARSE = {"spacing": [8.0, 8.0, 8.0], "patch_size": [64, 64, 64]}
 TINY = {"widths": (8, 8, 16, 16, 16), "fusion_blocks": (1, 1, 1, 1, 1), "head_dim": 8, "modality_tokens": 2}
