@@ -92,3 +92,26 @@ def test_evaluate_cli_on_shared_cases(shared_data, coarse_checkpoint, tmp_path):
     assert [c["case"] for c in report["cases"]] == ["hippo_001", "hippo_003"]  # the first two by id
     assert report["seconds_per_case"] > 0
     assert "| **mean** |" in run.stdout
+
+
+def test_a_refinement_step_is_scored_beside_the_coarse_result(tmp_path):
+    """``evaluate --refine``: each label scored before and after the step, marked refined where it changed."""
+    from UniversalSegLib.training.evaluate import markdown_table
+
+    folder = make_dataset(tmp_path / "hippo")
+    truth = {f"{c}.nii.gz": sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels" / f"{c}.nii.gz")))
+             for c in ("a", "b")}
+
+    def restore_label_2(image_path, result):  # a "refiner" that repairs case a's posterior hippocampus
+        labels = sitk.GetImageFromArray(truth[Path(image_path).name])
+        labels.CopyInformation(result.labels)
+        return SegmentationResult(labels, result.tasks, result.modality)
+
+    report = evaluate_dataset(folder, segment_fn=oracle(truth, swap_label_2=True), refine_fn=restore_label_2)
+    anterior, posterior = report["labels"]["Anterior hippocampus"], report["labels"]["Posterior hippocampus"]
+    assert anterior["coarse_dice"] == anterior["dice"] == 1.0 and not anterior["refined"]
+    assert posterior["coarse_dice"] == 0.0 and posterior["dice"] == 1.0 and posterior["refined"]
+    assert report["mean_dice"] == 1.0 and report["cases"][0]["Posterior hippocampus (coarse)"] == 0.0
+    table = markdown_table(report)
+    assert "| Posterior hippocampus | 0.000 | 1.000 | +1.000 | yes |" in table
+    assert "| **mean** | **0.500** | **1.000** |" in table

@@ -74,7 +74,8 @@ def _broken(change) -> dict:
     (lambda b, t: t["larynx"]["validation"].update(coarse_dice=1.2), r"validation\.coarse_dice is 1\.2, not a Dice"),
     (lambda b, t: t["brain_tumour_edema"].update(shown=True),
      r"tasks\.brain_tumour_edema\.shown is true but the default policy's coarse_dice is 0\.22.*Dice >= 0\.5"),
-    (lambda b, t: t["larynx"].update(refine=True),  # refined, but only the coarse result was measured
+    (lambda b, t: (t["larynx"].update(refine=True), t["larynx"]["validation"].update(refined_dice=None)),
+     # refined, but only the coarse result was measured
      r"tasks\.larynx\.shown is true but the default policy's refined_dice is None"),
 ])
 def test_broken_blocks_are_refused_naming_the_field(change, message):
@@ -106,8 +107,11 @@ def test_an_old_manifest_without_block_runs_with_the_catalog(tmp_path):
     assert old.policy is None
     tasks = [CATALOG.task(t) for t in MANIFEST["task_ids"]]
     assert old.with_policy(tasks) == tasks
-    shipped = load_model()  # the shipped block holds the catalog's values today, so both run alike
-    assert shipped.policy is not None and shipped.with_policy(tasks) == tasks
+    shipped = load_model()  # the shipped block holds the catalog's values today, so both run alike, but for
+    assert shipped.policy is not None  # the refine flags the block's measurements changed (issue 26)
+    refined = {tid for tid, p in shipped.policy.tasks.items() if p.refine != CATALOG.task(tid).refine}
+    assert refined <= {"heart_rv_cavity"}
+    assert [t for t in shipped.with_policy(tasks) if t.id not in refined] == [t for t in tasks if t.id not in refined]
     no_manifest = tmp_path / "bare" / "model.pt"
     no_manifest.parent.mkdir()
     shutil.copy(DEFAULT_MODEL, no_manifest)
@@ -134,6 +138,7 @@ def test_inference_follows_the_manifests_keep_largest_mirror_and_refine(tmp_path
     def change(tasks):
         tasks["larynx"]["keep_largest"], tasks["esophagus"]["keep_largest"] = False, True
         tasks["larynx"].update(refine=True, shown=False)  # refined Dice not measured: hidden
+        tasks["larynx"]["validation"]["refined_dice"] = None
 
     weights = _model_with(tmp_path, "swapped", change)
     larynx, esophagus = 1 + HN.index("larynx"), 1 + HN.index("esophagus")

@@ -147,9 +147,54 @@ def test_evaluate_refine_scores_the_refined_masks(shared_data, tmp_path, capsys)
     plain, refined = tmp_path / "plain.json", tmp_path / "refined.json"
     assert main(["evaluate", str(folder), "--json", str(plain)]) == 0
     assert main(["evaluate", str(folder), "--json", str(refined), "--refine-task", "Anterior hippocampus"]) == 0
-    assert "refined Anterior hippocampus" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "refined Anterior hippocampus" in printed.err
+    assert "| coarse Dice | refined Dice | change | refined |" in printed.out
     before, after = (json.loads(p.read_text()) for p in (plain, refined))
     assert "refinement" not in before and after["refinement"]["tasks"] == ["Anterior hippocampus"]
-    assert after["labels"]["Posterior hippocampus"] == before["labels"]["Posterior hippocampus"]  # not refined
-    assert after["labels"]["Anterior hippocampus"]["dice"] != before["labels"]["Anterior hippocampus"]["dice"]
-    assert after["labels"]["Anterior hippocampus"]["n"] == 1
+    posterior, anterior = after["labels"]["Posterior hippocampus"], after["labels"]["Anterior hippocampus"]
+    assert posterior["dice"] == posterior["coarse_dice"] == before["labels"]["Posterior hippocampus"]["dice"]
+    assert not posterior["refined"] and anterior["refined"]  # not refined / refined
+    assert anterior["coarse_dice"] == before["labels"]["Anterior hippocampus"]["dice"] != anterior["dice"]
+    assert anterior["n"] == 1
+
+
+def test_cli_ground_truth_refinement_equals_the_finetune_validation(slab, tmp_path) -> None:
+    """``refine --mask TRUTH --task V=T --margin 0 --no-mask-prompt`` and the fine-tune's validation
+    (:func:`gt_box_case`) are one code path: the same Dice on the same case, to the last digit."""
+    from types import SimpleNamespace
+
+    from UniversalSegLib.catalog import Catalog
+    from UniversalSegLib.refine.refiner import LiteMedSAMRefiner
+    from UniversalSegLib.training.finetune import dice, gt_box_case
+
+    image, coarse = slab
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(coarse)))
+    truth = _write_variant(tmp_path / "truth.nii.gz", coarse, np.select([values == 5, values == 9], [1, 2], 0)
+                           .astype(np.uint8))
+    out = tmp_path / "refined.nii.gz"
+    assert main(["refine", str(image), "--mask", str(truth), "-o", str(out), "--modality", "MR-T1", "--margin", "0",
+                 "--no-mask-prompt", "--task", "1=hippocampus_anterior", "--task", "2=hippocampus_posterior"]) == 0
+    got, want = sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(sitk.ReadImage(str(truth)))
+    cli = {"hippocampus_anterior": dice(got == 1, want == 1), "hippocampus_posterior": dice(got == 2, want == 2)}
+    case = SimpleNamespace(id="slab", image=image, label=truth, present_labels=[1, 2])
+    validation = gt_box_case(LiteMedSAMRefiner(), "mri_hippocampus_msd", case, Catalog.load(), margin=0.0)
+    assert validation == cli
+    assert min(cli.values()) > 0.6
+
+
+def test_the_mask_prompt_changes_the_decoder_output(slab) -> None:
+    from UniversalSegLib.refine.litemedsam import LiteMedSAM, SlicePredictor
+    from UniversalSegLib.refine.prompts import box_of
+    from UniversalSegLib.refine.slices import scale_intensity
+
+    image, coarse = slab
+    volume = scale_intensity(sitk.GetArrayFromImage(sitk.ReadImage(str(image))), "MR")
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(coarse)))[1] == 5
+    predictor = SlicePredictor(LiteMedSAM.load("finetuned"))
+    box = box_of(mask)[None]
+    plain, _ = predictor.predict(volume[1], box)
+    prompted, _ = predictor.predict(volume[1], box, masks=mask[None])
+    emptied, _ = predictor.predict(volume[1], box, masks=np.zeros_like(mask)[None])
+    assert plain.shape == prompted.shape == mask[None].shape
+    assert np.abs(plain - prompted).max() > 0.1 and np.abs(prompted - emptied).max() > 0.1

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from UniversalSegLib.catalog import Catalog
-from UniversalSegLib.refine.litemedsam import EmbeddingCache, LiteMedSAM, SlicePredictor
+from UniversalSegLib.refine.litemedsam import EmbeddingCache
+from UniversalSegLib.refine.refiner import LiteMedSAMRefiner
 from UniversalSegLib.training.data import read_dataset
 from UniversalSegLib.training.finetune import gt_box_dice, load_case
 
@@ -40,7 +41,7 @@ def measure(shared_data: Path) -> dict[tuple[str, str, int], tuple[float, float]
     """Dice of the original and the fine-tuned weights on the cases above (one encoder run per slice)."""
     catalog = Catalog.load()
     cache = EmbeddingCache(max_items=64)
-    predictors = [SlicePredictor(LiteMedSAM.load(w), cache) for w in ("original", "finetuned")]
+    refiners = [LiteMedSAMRefiner(w, cache=cache) for w in ("original", "finetuned")]  # the run-time path
     volumes = {}
     for dataset, case_id, _ in EXPECTED:
         if (dataset, case_id) not in volumes:
@@ -49,7 +50,7 @@ def measure(shared_data: Path) -> dict[tuple[str, str, int], tuple[float, float]
             if dataset == "ct_headneck_openkbp":
                 volume = dataclasses.replace(volume, slices=volume.slices[KBP_SLAB], labels=volume.labels[KBP_SLAB])
             volumes[dataset, case_id] = volume
-    return {key: tuple(round(gt_box_dice(p, volumes[key[:2]], key[2]), 4) for p in predictors) for key in EXPECTED}
+    return {key: tuple(round(gt_box_dice(r, volumes[key[:2]], key[2]), 4) for r in refiners) for key in EXPECTED}
 
 
 @pytest.fixture(scope="module")

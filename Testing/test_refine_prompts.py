@@ -159,3 +159,38 @@ def test_empty_key_slice_gives_nothing() -> None:
     truth = np.zeros((5, 10, 10), bool)
     masks, why = propagate(_oracle(truth), (10, 10), 2, np.array([[1, 1, 5, 5]]), 0, 4)
     assert masks == {} and "nothing found" in why["key"]
+
+
+def test_derived_prompts_carry_each_slices_coarse_mask() -> None:
+    """The component's own voxels per slice (the dense mask prompt), not another component's."""
+    coarse = np.zeros((4, 16, 16), np.uint8)
+    coarse[1:3, 2:6, 2:6] = 1
+    coarse[1, 10:14, 10:14] = 1  # a second component on slice 1
+    big, small = derive_prompts(coarse, 1, SliceSpace(0), margin=0)
+    assert sorted(big.slice_masks) == [1, 2] and sorted(small.slice_masks) == [1]
+    assert big.slice_masks[1].shape == (16, 16) and big.slice_masks[1].sum() == 16
+    assert not big.slice_masks[1][10:14, 10:14].any() and small.slice_masks[1][10:14, 10:14].all()
+
+
+def test_the_pipeline_gives_mask_prompts_only_when_asked() -> None:
+    import SimpleITK as sitk
+
+    from UniversalSegLib.refine.pipeline import refine_labelmap
+    from UniversalSegLib.refine.refiner import Refiner
+
+    class Recorder(Refiner):
+        def __init__(self) -> None:
+            self.seen: list[dict] = []
+
+        def refine_slices(self, slices, objects, space):
+            self.seen += [dict(o.slice_masks) for o in objects]
+            return [np.zeros(slices.shape, bool) for _ in objects]
+
+    array = np.zeros((6, 20, 20), np.uint8)
+    array[2:4, 5:10, 5:10] = 1
+    image, coarse = sitk.GetImageFromArray(array.astype(np.float32)), sitk.GetImageFromArray(array)
+    recorder = Recorder()
+    kept = refine_labelmap(image, coarse, refiner=recorder, mask_prompt=False).labels  # nothing found: coarse kept
+    assert recorder.seen == [{}] and np.array_equal(sitk.GetArrayFromImage(kept), array)
+    refine_labelmap(image, coarse, refiner=recorder, mask_prompt=True, margin=0)
+    assert sorted(recorder.seen[1]) == [2, 3] and recorder.seen[1][2].sum() == 25

@@ -6,8 +6,11 @@ Light to import; the model code loads when first used. Start here:
   (what the CLI and the Slicer logic call);
 * :class:`~.refiner.LiteMedSAMRefiner`, :class:`~.medsam2.MedSAM2Refiner` - the backends behind
   :class:`~.refiner.Refiner`;
-* :mod:`~.prompts` - boxes, points and the prompts derived from a coarse mask; :mod:`~.propagate` - following an
+* :mod:`~.prompts` - boxes, points and the prompts derived from a coarse mask (box per piece and slice with the
+  validated margin, optionally the coarse mask as dense prompt); :mod:`~.propagate` - following an
   object slice by slice without leaking;
+* :mod:`~.decision` - which tasks are refined by default (from ``evaluate --refine`` reports, into the model's
+  policy block);
 * :mod:`UniversalSegLib.training.finetune` - how ``weights/litemedsam_finetuned.pt`` was trained (training code:
   nothing here imports it).
 

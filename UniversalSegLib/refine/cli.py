@@ -3,7 +3,8 @@
     universalseg refine IMAGE (--mask COARSE | --box i0,j0,k0,i1,j1,k1 ...) -o OUT [--modality M]
                         [--backend litemedsam|medsam2] [--weights finetuned|original|FILE]
                         [--medsam2-checkpoint FILE] [--medsam2-config NAME] [--mode slices|propagate]
-                        [--label V ...] [--task T] [--threads N]
+                        [--label V ...] [--task T | --task V=T ...] [--margin PX] [--[no-]mask-prompt]
+                        [--threads N]
     universalseg segment IMAGE -o OUT --refine [--refine-task T ...] [...]
 
 ``cli.py`` registers these; everything heavy is imported inside the functions.
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from .refiner import Refiner
 
 
+#: A folder where LiteMedSAM's slice embeddings are kept across runs when set (they depend on the slice only).
+EMBEDDINGS_VARIABLE = "UNIVERSALSEG_REFINE_EMBEDDINGS"
+
+
 def _backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="litemedsam", choices=["litemedsam", "medsam2"],
                         help="promptable model (default litemedsam; medsam2 needs the sam2 extra and a checkpoint)")
@@ -34,6 +39,12 @@ def _backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="slices", choices=["slices", "propagate"],
                         help="prompt every slice from the coarse mask (default), or follow each object from its "
                              "largest slice")
+    parser.add_argument("--margin", type=float, default=None, metavar="PX",
+                        help="pixels each slice's box from the coarse mask is grown by (default: the validated "
+                             "margin; 0 for exact boxes, e.g. from a ground-truth mask)")
+    parser.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=None,
+                        help="also give the coarse mask of each slice as the decoder's dense mask prompt "
+                             "(default: the validated choice)")
 
 
 def add_refine_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +60,9 @@ def add_refine_parser(sub: argparse._SubParsersAction) -> None:
     ref.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never IMAGE or COARSE)")
     ref.add_argument("--modality", help="CT, MR-T1, ... (guessed from DICOM tags or intensities if left out)")
     ref.add_argument("--label", type=int, action="append", help="refine only this label value of COARSE (repeat)")
-    ref.add_argument("--task", help="the structure inside --box (picks CT window and slice plane), e.g. mandible")
+    ref.add_argument("--task", action="append", metavar="T | V=T",
+                     help="the structure inside --box, or with --mask the task of label value V (V=T, repeat; a "
+                          "plain T for every label) when COARSE has no sidecar; picks CT window and slice plane")
     ref.add_argument("--threads", type=int, help="CPU threads for torch")
     _backend_options(ref)
 
@@ -57,28 +70,27 @@ def add_refine_parser(sub: argparse._SubParsersAction) -> None:
 def add_segment_refine_options(seg: argparse.ArgumentParser) -> None:
     """Add ``--refine`` and ``--refine-task`` (plus the backend options) to ``segment``."""
     seg.add_argument("--refine", action="store_true",
-                     help="refine the tasks the catalog marks for refinement (or those of --refine-task)")
+                     help="refine the tasks the model's policy refines by default (or those of --refine-task)")
     seg.add_argument("--refine-task", action="append", default=[], metavar="T",
-                     help="refine this task (id or name); repeat for several; implies --refine")
+                     help="refine this task (id or name; 'all': every task); repeat for several; implies --refine")
     group = seg.add_argument_group("refinement")
     _backend_options(group)
 
 
-def refining_segment(args: argparse.Namespace, log: Callable[[str], None]) -> Callable[..., SegmentationResult]:
-    """``evaluate --refine``: the ``segment`` API followed by :func:`refine_result`, one refiner for all cases."""
-    from ..api import segment
+def refining_step(args: argparse.Namespace, log: Callable[[str], None]) -> Callable[..., SegmentationResult]:
+    """``evaluate --refine``: a function (image path, coarse result) -> refined result (:func:`refine_result`),
+    one refiner for all cases; ``evaluate_dataset`` scores the coarse and the refined result side by side."""
     from ..volume import read_image
 
     refiners: list[Refiner] = []
 
-    def segment_and_refine(image_path, **kwargs) -> SegmentationResult:
-        image, _ = read_image(image_path)  # read once for both steps
-        result = segment(image, **kwargs)
+    def refine_case(image_path, result: SegmentationResult) -> SegmentationResult:
+        image, _ = read_image(image_path)
         if not refiners:
             refiners.append(make_refiner(args))
         return refine_result(image, result, args, refiners[0], log)
 
-    return segment_and_refine
+    return refine_case
 
 
 def make_refiner(args: argparse.Namespace) -> Refiner:
@@ -90,9 +102,13 @@ def make_refiner(args: argparse.Namespace) -> Refiner:
         if not args.medsam2_checkpoint:
             raise InputError("--backend medsam2 needs a checkpoint", "pass --medsam2-checkpoint FILE (a MedSAM2 .pt)")
         return MedSAM2Refiner(args.medsam2_checkpoint, config=args.medsam2_config)
+    import os
+
+    from .litemedsam import EmbeddingCache
     from .refiner import LiteMedSAMRefiner
 
-    return LiteMedSAMRefiner(args.weights)
+    folder = os.environ.get(EMBEDDINGS_VARIABLE)  # slice embeddings kept on disk across runs (benchmarks, re-runs)
+    return LiteMedSAMRefiner(args.weights, cache=EmbeddingCache(max_items=512, folder=folder) if folder else None)
 
 
 def _sidecar_tasks(mask_path: str) -> dict[int, str] | None:
@@ -108,6 +124,42 @@ def _sidecar_tasks(mask_path: str) -> dict[int, str] | None:
         return {int(v): entry["id"] for v, entry in json.loads(path.read_text(encoding="utf-8"))["labels"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def prompt_options(args: argparse.Namespace) -> dict:
+    """``margin`` and ``mask_prompt`` for :func:`~.pipeline.refine_labelmap`, where the options set them."""
+    given = {"margin": getattr(args, "margin", None), "mask_prompt": getattr(args, "mask_prompt", None)}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _tasks_of(args: argparse.Namespace, catalog, coarse) -> tuple[dict[int, str] | None, str | None]:
+    """(label value -> task id for --mask, the task of --box): from ``--task`` (V=T or T), else the mask's sidecar."""
+    from ..errors import InputError
+
+    given = args.task or []
+    if coarse is None:
+        if len(given) > 1 or any("=" in t for t in given):
+            raise InputError("--box takes one plain --task", "give --task T once (V=T is for --mask)")
+        return None, catalog.task(given[0]).id if given else None
+    sidecar = _sidecar_tasks(args.mask)
+    if not given:
+        return sidecar, None
+    import numpy as np
+    import SimpleITK as sitk
+
+    values = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(coarse)) if v != 0]
+    tasks: dict[int, str] = dict(sidecar or {})
+    for text in given:
+        value, sep, name = text.rpartition("=")
+        if not sep:
+            tasks.update(dict.fromkeys(values, catalog.task(name).id))
+            continue
+        try:
+            tasks[int(value)] = catalog.task(name).id
+        except ValueError:
+            raise InputError(f"--task '{text}' is not V=T with an integer label value V",
+                             "give e.g. --task 1=hippocampus_anterior") from None
+    return tasks, None
 
 
 def _read_mask(path: str) -> sitk.Image:
@@ -148,8 +200,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     coarse = _read_mask(args.mask) if args.mask else None
     if coarse is not None:
         check_coarse(image, coarse, args.label)
-    tasks = _sidecar_tasks(args.mask) if args.mask else None
-    task = catalog.task(args.task).id if args.task else None
+    tasks, task = _tasks_of(args, catalog, coarse)
     modality = choose_modality(catalog, image, info, args.modality, list((tasks or {}).values()) + [task] * bool(task))
     if args.threads:
         import torch
@@ -159,7 +210,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     refiner = make_refiner(args)
     if coarse is not None:
         result = refine_labelmap(image, coarse, tasks, refiner=refiner, kind=modality.kind, only=args.label,
-                                 mode=args.mode)
+                                 mode=args.mode, **prompt_options(args))
         labels = result.labels
         for value, note in sorted(result.notes.items()):
             print(f"  label {value}: {note}")
@@ -175,7 +226,8 @@ def refine_result(image: sitk.Image, result: SegmentationResult, args: argparse.
                   refiner: Refiner | None = None, log: Callable[[str], None] = print) -> SegmentationResult:
     """``segment --refine``: refine the chosen tasks of a :class:`~UniversalSegLib.inference.SegmentationResult`.
 
-    Tasks listed with ``--refine-task`` are refined, else those the catalog marks ``"refine": true``.
+    Tasks listed with ``--refine-task`` are refined (``all``: every segmented task), else those the model's
+    policy marks ``refine`` (its manifest's ``inference_policy``; the catalog's flags for a model without one).
     Returns the result with its label map replaced (tasks and values unchanged). ``refiner`` defaults to
     the one the options ask for (:func:`make_refiner`); pass one to reuse it over many images.
     """
@@ -190,7 +242,8 @@ def refine_result(image: sitk.Image, result: SegmentationResult, args: argparse.
 
     catalog = Catalog.load()
     if args.refine_task:
-        wanted = {catalog.task(t).id for t in args.refine_task}
+        everything = "all" in args.refine_task
+        wanted = {t.id for t in result.tasks} if everything else {catalog.task(t).id for t in args.refine_task}
         values = [v for v, t in enumerate(result.tasks, start=1) if t.id in wanted]
         missing = wanted - {t.id for t in result.tasks}
         if missing:
@@ -204,7 +257,7 @@ def refine_result(image: sitk.Image, result: SegmentationResult, args: argparse.
         log("refinement: no segmented structure to refine (none found, or none marked for refinement)")
         return result
     refined = refine_labelmap(image, result.labels, result.tasks, refiner=refiner or make_refiner(args),
-                              kind=result.modality.kind, only=values, mode=args.mode)
+                              kind=result.modality.kind, only=values, mode=args.mode, **prompt_options(args))
     for value, note in sorted(refined.notes.items()):
         log(f"  refined {result.tasks[value - 1].name}: {note}")
     return dataclasses.replace(result, labels=refined.labels)

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from ..catalog import Task
 from ..errors import InputError
 from ..volume import same_grid
-from .prompts import MODES, Box3D, Point, Prompts, SliceSpace, derive_prompts
+from .prompts import COARSE_MARGIN, MASK_PROMPT, MODES, Box3D, Point, Prompts, SliceSpace, derive_prompts
 from .refiner import Refiner
 from .slices import refine_axis
 
@@ -69,15 +69,30 @@ def check_coarse(image: sitk.Image, coarse: sitk.Image,
     return labels, wanted
 
 
+def _prompts(source: np.ndarray, value: int, space: SliceSpace, margin: float, mode: str, points: Sequence[Point],
+             mask_prompt: bool) -> list:
+    objects = derive_prompts(source, value, space, margin=margin)
+    for prompts in objects:
+        prompts.propagate = mode == "propagate"
+        prompts.points = tuple(p for p in points if prompts.box.holds(p.index))
+        if not mask_prompt:
+            prompts.slice_masks = {}
+    return objects
+
+
 def refine_labelmap(image: sitk.Image, coarse: sitk.Image, tasks: TaskList = None, *, refiner: Refiner | None = None,
                     kind: str = "MR", only: Sequence[int] | None = None, mode: str = "slices",
-                    margin: float = 1.0, points: Sequence[Point] = ()) -> RefinementResult:
+                    margin: float = COARSE_MARGIN, points: Sequence[Point] = (),
+                    mask_prompt: bool = MASK_PROMPT) -> RefinementResult:
     """Refine every label of ``coarse`` (or the values in ``only``) on ``image``; neither input is modified.
 
     ``tasks``: the task of each label value, as a list (value i + 1 = tasks[i], like a segmentation
     result) or a mapping; it picks the CT window and the slice plane (:func:`~.slices.refine_axis`).
     ``mode``: ``"slices"`` prompts every slice with the box of the coarse mask there; ``"propagate"``
     starts on each component's largest slice and follows the refined mask outward within the coarse extent.
+    ``margin``: pixels each slice's box is grown by (default :data:`~.prompts.COARSE_MARGIN`, measured on
+    validation; 0 for exact boxes, e.g. from ground truth); ``mask_prompt``: also give the coarse mask of each
+    slice as the decoder's dense mask prompt (default :data:`~.prompts.MASK_PROMPT`).
     ``refiner`` defaults to fine-tuned LiteMedSAM.
     ``points`` (clicks in voxel indices) go to every object whose 3D box holds them.
     """
@@ -96,10 +111,7 @@ def refine_labelmap(image: sitk.Image, coarse: sitk.Image, tasks: TaskList = Non
         axis = refine_axis(image, task_of.get(value))
         space = SliceSpace(axis)
         in_slices = np.moveaxis(labels, axis, 0)
-        objects = derive_prompts(in_slices, value, space, margin=margin)
-        for prompts in objects:
-            prompts.propagate = mode == "propagate"
-            prompts.points = tuple(p for p in points if prompts.box.holds(p.index))
+        objects = _prompts(in_slices, value, space, margin, mode, points, mask_prompt)
         result.boxes[value] = [p.box for p in objects]
         masks = refiner.refine(image, objects, kind=kind, task=task_of.get(value), axis=axis) if objects else []
         kept = 0

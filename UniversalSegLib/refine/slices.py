@@ -126,6 +126,27 @@ def boxes_to_input(boxes: Sequence[Sequence[float]] | np.ndarray, scale: float) 
     return torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * scale)
 
 
+#: The logit a coarse mask is given as SAM's dense mask prompt: +MASK_LOGIT inside, -MASK_LOGIT outside.
+MASK_LOGIT = 4.0
+
+
+def masks_to_input(masks: np.ndarray, scale: float) -> torch.Tensor:
+    """Coarse masks (N, h, w) on a slice's pixels -> SAM's dense mask prompt (N, 1, 256, 256) in logits.
+
+    Resized like the slice (:func:`slice_input`) and padded as outside; ``+MASK_LOGIT`` inside, ``-MASK_LOGIT`` out.
+
+    >>> masks_to_input(np.ones((1, 32, 64), bool), 4.0)[0, 0, ::64, ::64].tolist()
+    [[4.0, 4.0, 4.0, 4.0], [4.0, 4.0, 4.0, 4.0], [-4.0, -4.0, -4.0, -4.0], [-4.0, -4.0, -4.0, -4.0]]
+    """
+    masks = np.asarray(masks, dtype=np.float32)
+    h, w = masks.shape[-2:]
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    tensor = F.interpolate(torch.from_numpy(masks.reshape(-1, 1, h, w)), size=(new_h, new_w), mode="bilinear",
+                           align_corners=False)
+    tensor = F.pad(tensor, (0, SIZE - new_w, 0, SIZE - new_h))
+    return (tensor * 2 - 1) * MASK_LOGIT
+
+
 def logits_to_slice(logits: torch.Tensor, shape: tuple[int, int], scale: float) -> torch.Tensor:
     """(N, 1, 256, 256) low-resolution logits -> (N, h, w) logits on the slice's own pixels."""
     h, w = shape

@@ -85,13 +85,17 @@ def evaluate_dataset(
     split: str = "all",
     device: str = "cpu",
     segment_fn: Callable | None = None,
+    refine_fn: Callable | None = None,
     options: InferenceOptions | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     splits_dir: str | Path | None = None,
 ) -> dict:
     """Segment each selected case with the ``segment`` API and score it against its label map.
 
-    ``segment_fn`` defaults to :func:`UniversalSegLib.api.segment` (the refinement step passes its own);
+    ``segment_fn`` defaults to :func:`UniversalSegLib.api.segment`. ``refine_fn`` (image path, result) -> result,
+    the refinement step (``evaluate --refine``), is applied after it; each label is then scored before and
+    after it (``coarse_dice`` / ``coarse_hd95`` beside ``dice`` / ``hd95``) and marked ``refined`` when the
+    step changed its voxels or was asked to refine it (the task's ``refine`` flag in the refined result).
     ``options`` are its inference options (default: the defaults of ``segment``). ``split`` ``train`` or
     ``val`` reads ``<splits_dir>/<dataset>.json`` (default folder: :func:`~UniversalSegLib.paths.splits_root`).
     """
@@ -106,7 +110,9 @@ def evaluate_dataset(
         raise InputError(f"dataset '{info.name}' has no case to evaluate (split {split}, limit {limit})",
                          "check the folder, --split and --limit")
     ordered = sorted(tasks)
-    per_label: dict[str, dict[str, list[float]]] = {tasks[v].name: {"dice": [], "hd95": []} for v in ordered}
+    per_label: dict[str, dict[str, list[float]]] = {
+        tasks[v].name: {"dice": [], "hd95": [], "coarse_dice": [], "coarse_hd95": []} for v in ordered}
+    refined_labels: set[str] = set()
     failed = [{"case": cid, "error": problem} for cid, problem in info.skipped]
     rows, seconds = [], []
     for index, case in enumerate(cases):
@@ -116,6 +122,9 @@ def evaluate_dataset(
             start = time.perf_counter()
             result = segment_fn(case.image, tasks=[tasks[v].id for v in ordered], modality=modality, model=model,
                                 device=device, catalog=catalog, options=options)
+            coarse = sitk.GetArrayFromImage(result.labels)
+            if refine_fn is not None:
+                result = refine_fn(case.image, result)
             seconds.append(time.perf_counter() - start)
             truth_image = sitk.ReadImage(str(case.label))
             if truth_image.GetSize() != result.labels.GetSize():
@@ -136,11 +145,22 @@ def evaluate_dataset(
             per_label[name]["dice"].append(dice)
             per_label[name]["hd95"].append(hd95)
             row[name] = round(dice, 4)
+            if refine_fn is not None:
+                coarse_dice, coarse_hd95 = score_case(coarse == position, truth == value, spacing)
+                per_label[name]["coarse_dice"].append(coarse_dice)
+                per_label[name]["coarse_hd95"].append(coarse_hd95)
+                row[f"{name} (coarse)"] = round(coarse_dice, 4)
+                if result.tasks[position - 1].refine or ((coarse == position) != (predicted == position)).any():
+                    refined_labels.add(name)
         rows.append(row)
     labels = {
         name: {"dice": _mean(v["dice"]), "hd95": _mean(v["hd95"]), "n": len(v["dice"])}
         for name, v in per_label.items()
     }
+    if refine_fn is not None:
+        for name, v in per_label.items():
+            labels[name].update(coarse_dice=_mean(v["coarse_dice"]), coarse_hd95=_mean(v["coarse_hd95"]),
+                                refined=name in refined_labels)
     scored = [v["dice"] for v in labels.values() if v["n"]]
     return {
         "dataset": info.name, "split": split, "limit": limit, "model": str(model or "bundled"), "modality": modality,
@@ -161,10 +181,20 @@ def _mean(values: list[float]) -> float:
 def markdown_table(report: dict) -> str:
     """The per-label table with the dataset mean, as printed by the CLI."""
     unit = report["distance_unit"]
-    lines = [f"| {report['dataset']} ({report['split']}) | Dice | HD95 ({unit}) | n |", "|---|---|---|---|"]
-    for name, v in report["labels"].items():
-        lines.append(f"| {name} | {v['dice']:.3f} | {v['hd95']:.2f} | {v['n']} |")
-    lines.append(f"| **mean** | **{report['mean_dice']:.3f}** | | |")
+    if any("coarse_dice" in v for v in report["labels"].values()):  # evaluate --refine: coarse beside refined
+        lines = [f"| {report['dataset']} ({report['split']}) | coarse Dice | refined Dice | change | refined | "
+                 f"coarse HD95 ({unit}) | refined HD95 | n |", "|---|---|---|---|---|---|---|---|"]
+        for name, v in report["labels"].items():
+            lines.append(f"| {name} | {v['coarse_dice']:.3f} | {v['dice']:.3f} | {v['dice'] - v['coarse_dice']:+.3f} | "
+                         f"{'yes' if v['refined'] else 'no'} | {v['coarse_hd95']:.2f} | {v['hd95']:.2f} | {v['n']} |")
+        scored = [v["coarse_dice"] for v in report["labels"].values() if v["n"]]
+        coarse_mean = float(np.mean(scored)) if scored else float("nan")
+        lines.append(f"| **mean** | **{coarse_mean:.3f}** | **{report['mean_dice']:.3f}** | | | | | |")
+    else:
+        lines = [f"| {report['dataset']} ({report['split']}) | Dice | HD95 ({unit}) | n |", "|---|---|---|---|"]
+        for name, v in report["labels"].items():
+            lines.append(f"| {name} | {v['dice']:.3f} | {v['hd95']:.2f} | {v['n']} |")
+        lines.append(f"| **mean** | **{report['mean_dice']:.3f}** | | |")
     lines.append(f"\nseconds per case: {report['seconds_per_case']:.1f}; failed cases: {len(report['failed'])}")
     return "\n".join(lines)
 

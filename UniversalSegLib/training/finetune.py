@@ -10,6 +10,10 @@ a neighbouring slice, sometimes the exact box). Steps, each resumable:
     python -m UniversalSegLib.training.finetune embed --split val
     python -m UniversalSegLib.training.finetune evaluate              # Dice with ground-truth boxes -> manifest
 
+``evaluate`` runs the run-time code, :func:`~UniversalSegLib.refine.pipeline.refine_labelmap` on each case's
+ground-truth label map (plane, intensity scaling, boxes per piece, box slack: all as ``universalseg refine``):
+its figures are those of ``universalseg refine IMAGE --mask LABELS --task V=T ... --margin 0 --no-mask-prompt``.
+
 Folders (options before the step, else :mod:`UniversalSegLib.paths`): the datasets from ``--data-root``
 (``$UNIVERSALSEG_DATA``, default ``../shared/data``), the splits from ``--splits-dir``
 (``$UNIVERSALSEG_SPLITS``, default ``splits``), the work files under ``--cache-dir``
@@ -47,7 +51,8 @@ from .. import __version__
 from ..catalog import Catalog
 from ..paths import cache_root, data_root, splits_root
 from ..refine.litemedsam import EmbeddingCache, LiteMedSAM, SlicePredictor, wheel_checkpoint
-from ..refine.prompts import box_of, piece_boxes
+from ..refine.prompts import SliceSpace, box_of, derive_prompts
+from ..refine.refiner import LiteMedSAMRefiner
 from ..refine.slices import boxes_to_input, ct_window, logits_to_slice, refine_axis, scale_intensity, task_plane
 from .data import load_or_make_split, read_dataset
 
@@ -278,27 +283,46 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def gt_box_dice(predictor: SlicePredictor, volume: CaseVolume, label: int) -> float:
-    """3D Dice of the label when every slice holding it is prompted with its exact ground-truth boxes
-    (one per piece of the structure on the slice, as :func:`~.prompts.derive_prompts` gives them)."""
-    truth = volume.labels == label
-    predicted = np.zeros_like(truth)
-    for z in np.flatnonzero(truth.any(axis=(1, 2))):
-        logits, _ = predictor.predict(volume.slices[z], piece_boxes(truth[z]))
-        predicted[z] = (logits > 0).any(axis=0)
-    return dice(predicted, truth)
+def gt_box_dice(refiner: LiteMedSAMRefiner, volume: CaseVolume, label: int, margin: float = 0.0) -> float:
+    """3D Dice of the label on a slice-space volume when every slice holding it is prompted with its ground-truth
+    boxes (grown by ``margin``), through the run-time code: :func:`~.prompts.derive_prompts` and the refiner's
+    :meth:`~.refiner.LiteMedSAMRefiner.refine_slices` (box prompts only: no mask prompt from the truth)."""
+    space = SliceSpace(0)
+    objects = derive_prompts(volume.labels, label, space, margin=margin)
+    for prompts in objects:
+        prompts.slice_masks = {}
+    predicted = np.zeros(volume.labels.shape, bool)
+    for mask in refiner.refine_slices(volume.slices, objects, space):
+        predicted |= mask
+    return dice(predicted, volume.labels == label)
 
 
-def evaluate(weights: str | Path, cases: list[tuple[str, object]], cache: EmbeddingCache) -> dict:
-    """Per dataset and label: mean 3D Dice with ground-truth boxes over ``cases`` [(dataset, case)]."""
+def gt_box_case(refiner: LiteMedSAMRefiner, dataset: str, case, catalog: Catalog,
+                margin: float = 0.0) -> dict[str, float]:
+    """Task id -> 3D Dice of one case refined from its ground-truth label map, exactly as ``universalseg refine
+    IMAGE --mask LABELS --task V=T ... --margin M --no-mask-prompt`` does it (:func:`~.pipeline.refine_labelmap`)."""
+    from ..refine.pipeline import refine_labelmap
+
+    image, truth = sitk.ReadImage(str(case.image)), sitk.ReadImage(str(case.label))
+    entry = catalog.datasets[dataset]
+    kind = catalog.modality(entry.modality).kind
+    present = [v for v in case.present_labels if v in entry.labels]
+    refined = sitk.GetArrayFromImage(refine_labelmap(image, truth, entry.labels, refiner=refiner, kind=kind,
+                                                     only=present, margin=margin, mask_prompt=False).labels)
+    labels = sitk.GetArrayFromImage(truth)
+    return {entry.labels[v]: dice(refined == v, labels == v) for v in present}
+
+
+def evaluate(weights: str | Path, cases: list[tuple[str, object]], cache: EmbeddingCache,
+             margin: float = 0.0) -> dict:
+    """Per dataset and label: mean 3D Dice with ground-truth boxes over ``cases`` [(dataset, case)], through the
+    run-time refinement path (:func:`gt_box_case`)."""
     catalog = Catalog.load()
-    predictor = SlicePredictor(LiteMedSAM.load(weights), cache)
+    refiner = LiteMedSAMRefiner(weights, cache=cache)
     scores: dict[str, dict[str, list[float]]] = {}
     for dataset, case in cases:
-        volume = load_case(dataset, case, catalog)
-        for label in volume.present:
-            task = catalog.datasets[dataset].labels[label]
-            scores.setdefault(dataset, {}).setdefault(task, []).append(gt_box_dice(predictor, volume, label))
+        for task, value in gt_box_case(refiner, dataset, case, catalog, margin).items():
+            scores.setdefault(dataset, {}).setdefault(task, []).append(value)
     return {d: {"mean": float(np.mean([np.mean(v) for v in per.values()])),
                 "labels": {t: round(float(np.mean(v)), 4) for t, v in per.items()},
                 "cases": len({c.id for dd, c in cases if dd == d})} for d, per in scores.items()}
@@ -308,9 +332,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Dice with ground-truth boxes on the embedded validation cases, off-the-shelf and fine-tuned."""
     cases = indexed_cases("val", args.data_root, args.cache_dir)
     cache = EmbeddingCache(max_items=64, folder=embeddings_dir(args.cache_dir))
-    metrics = {"original": evaluate("original", cases, cache), "finetuned": evaluate(args.weights, cases, cache)}
+    metrics = {"original": evaluate("original", cases, cache, args.margin),
+               "finetuned": evaluate(args.weights, cases, cache, args.margin)}
     print(json.dumps(metrics, indent=1), flush=True)
-    _write_manifest(args.weights, {"validation": {"prompts": "ground-truth box of every slice holding the label",
+    _write_manifest(args.weights, {"validation": {"prompts": "ground-truth box of every slice holding the label"
+                                                  f" (margin {args.margin:g} px), through refine_labelmap",
                                     "cases": {d: [c.id for dd, c in cases if dd == d] for d in DATASETS},
                                     "dice_3d": metrics}}, data=args.data_root, cache=args.cache_dir)
 
@@ -384,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_step = sub.add_parser("evaluate")
     evaluate_step.add_argument("--weights", type=Path,
                                help="fine-tuned weights to measure (default: the train step's default output)")
+    evaluate_step.add_argument("--margin", type=float, default=0.0,
+                               help="pixels the ground-truth boxes are grown by (default 0: exact boxes)")
     args = parser.parse_args(argv)
     if args.step == "train" and args.output is None:
         args.output = candidate(args.cache_dir)
