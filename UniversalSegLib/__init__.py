@@ -10,6 +10,8 @@ True
 
 from __future__ import annotations
 
+import os
+
 __version__ = "0.9.0"  # the one package version; pyproject.toml holds the same (Testing/test_versions.py)
 
 #: Manifest field naming the package versions a weights file works with, e.g. ">=0.9,<1.0".
@@ -60,3 +62,13 @@ def check_manifest_version(manifest: dict, source: object = "model manifest") ->
         raise CheckpointError(
             f"{source} needs UniversalSeg {spec} but this is UniversalSeg {__version__}",
             f"install a UniversalSeg version in {spec}, or use weights made for {__version__}")
+
+
+def check_manifest_beside(weights: str | os.PathLike, what: str = "model") -> None:
+    """:func:`check_manifest_version` on the manifest beside ``weights`` (``X.pt`` -> ``X.json``), if there is one."""
+    import json
+    from pathlib import Path
+
+    manifest = Path(weights).with_suffix(".json")
+    if manifest.is_file():
+        check_manifest_version(json.loads(manifest.read_text(encoding="utf-8")), f"{what} manifest {manifest}")

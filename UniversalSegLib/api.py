@@ -55,7 +55,9 @@ def load_model(path: str | Path | None = None, device: str = "cpu", catalog: Cat
     from .onnx_runtime import choose_backend
 
     chosen = choose_backend(backend, device)
-    args = (str(path), stat.st_mtime_ns, stat.st_size, device, catalog or Catalog.load())
+    manifest = path.with_suffix(".json")  # its inference policy is read at load: an edit must not hit the cache
+    changed = stat.st_mtime_ns + (manifest.stat().st_mtime_ns if manifest.is_file() else 0)
+    args = (str(path), changed, stat.st_size, device, catalog or Catalog.load())
     if chosen == "onnx":
         try:
             return _load_cached(*args, "onnx", threads)

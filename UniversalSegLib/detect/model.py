@@ -13,7 +13,6 @@ turns them into boxes and applies per-class NMS. Input: a grey image resized to 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,11 +178,9 @@ class Detector:
         if not path.is_file():
             raise CheckpointError(f"detector weights '{path}' do not exist",
                                   "reinstall UniversalSeg or pass --detector")
-        manifest = path.with_suffix(".json")
-        if manifest.is_file():
-            from .. import check_manifest_version
+        from .. import check_manifest_beside
 
-            check_manifest_version(json.loads(manifest.read_text(encoding="utf-8")), f"detector manifest {manifest}")
+        check_manifest_beside(path, "detector")
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a foreign file fails in many ways

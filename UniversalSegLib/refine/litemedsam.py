@@ -92,13 +92,9 @@ class LiteMedSAM(nn.Module):
         if not path.is_file():
             raise CheckpointError(f"LiteMedSAM decoder weights '{path}' do not exist",
                                   "reinstall UniversalSeg, give another file, or use the 'original' weights")
-        manifest = path.with_suffix(".json")
-        if manifest.is_file():
-            import json
+        from .. import check_manifest_beside
 
-            from .. import check_manifest_version
-
-            check_manifest_version(json.loads(manifest.read_text(encoding="utf-8")), f"refiner manifest {manifest}")
+        check_manifest_beside(path, "refiner")
         saved = _read_state(path)
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise CheckpointError(f"'{path}' is not a fine-tuned LiteMedSAM decoder ({FORMAT})",
