@@ -248,7 +248,7 @@ def _parse_module(api: str, path: Path, exported=None) -> PyModule:
 
 
 def _all_of(path: Path):
-    for stmt in ast.parse(path.read_text()).body:
+    for stmt in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(stmt, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in stmt.targets):
             return set(ast.literal_eval(stmt.value))
     return None
@@ -274,7 +274,7 @@ def parameter_node_wrapper() -> PyModule:
     """The names ``slicer.parameterNodeWrapper`` exports (its ``__init__``'s star imports and explicit names)."""
     folder = SLICER_PY / "parameterNodeWrapper"
     merged = PyModule("parameterNodeWrapper", {}, {})
-    for stmt in ast.parse((folder / "__init__.py").read_text()).body:
+    for stmt in ast.parse((folder / "__init__.py").read_text(encoding="utf-8")).body:
         if isinstance(stmt, ast.ImportFrom) and stmt.module:
             path = folder / f"{stmt.module}.py"
             star = any(a.name == "*" for a in stmt.names)
@@ -290,7 +290,7 @@ def parameter_node_wrapper() -> PyModule:
 @functools.cache
 def wrapped_members() -> dict[str, PyMember]:
     """Members ``@parameterNodeWrapper`` adds to the class (``checkedSetAttr(classtype, name, f)``)."""
-    tree = ast.parse((SLICER_PY / "parameterNodeWrapper/wrapper.py").read_text())
+    tree = ast.parse((SLICER_PY / "parameterNodeWrapper/wrapper.py").read_text(encoding="utf-8"))
     defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     members: dict[str, PyMember] = {}
     for call in ast.walk(tree):
@@ -508,7 +508,7 @@ class Checker:
         self.files = [Path(f) for f in py_files]
         self.ui_files = [Path(f) for f in ui_files]
         self.report = Report()
-        self.trees = {f: ast.parse(f.read_text(), str(f)) for f in self.files}
+        self.trees = {f: ast.parse(f.read_text(encoding="utf-8"), str(f)) for f in self.files}
         self.extra: dict[Path, ast.Module] = {}  # project modules followed but not checked
         self.params: dict[tuple, list[set]] = {}  # (file, qualname) -> kinds of each parameter
         self.selfattrs: dict[tuple, dict[str, set]] = {}  # (file, class) -> attr -> kinds
@@ -535,7 +535,7 @@ class Checker:
         if path in self.trees:
             return self.trees[path]
         if path not in self.extra:
-            self.extra[path] = ast.parse(path.read_text()) if path.is_file() else None
+            self.extra[path] = ast.parse(path.read_text(encoding="utf-8")) if path.is_file() else None
         return self.extra[path]
 
     def ui_class(self, ui: Path, widget: str | None = None) -> str | None:

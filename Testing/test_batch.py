@@ -67,10 +67,10 @@ def test_serial_batch_reports_failures_skips_done_cases_and_refuses_other_option
     assert {name: rows[f"{name}.nii.gz"]["status"] for name in GOOD} == dict.fromkeys(GOOD, "done")
     assert rows["broken_T1w.nii.gz"]["status"] == "failed" and "cannot read" in rows["broken_T1w.nii.gz"]["error"]
     assert rows["case9_CT.nii.gz"]["status"] == "failed" and "modality CT" in rows["case9_CT.nii.gz"]["error"]
-    report = json.loads((out / "batch_summary.json").read_text())
+    report = json.loads((out / "batch_summary.json").read_text(encoding="utf-8"))
     assert report["counts"] == {"done": 3, "skipped": 0, "failed": 2}
     for name in GOOD:
-        side = json.loads((out / f"{name}.json").read_text())
+        side = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
         assert side["modality"] == "MR-T1" and len(side["labels"]) == 2
         assert len(side["batch"]["model_sha256"]) == 64 and side["batch"]["options"]["mirror"] is False
         assert labels(out / f"{name}.nii.gz").max() >= 1
@@ -86,12 +86,12 @@ def test_serial_batch_reports_failures_skips_done_cases_and_refuses_other_option
     # other options: refused before any work, nothing replaced
     assert main(["batch", str(cohort), "-o", str(out), *OPTIONS, "--threshold", "0.4"]) == 2
     err = capsys.readouterr().err
-    assert "3 existing output(s)" in err and "threshold: 0.5 -> 0.4" in err and "--overwrite" in err
+    assert "3 existing output(s)" in err and "threshold: None -> 0.4" in err and "--overwrite" in err
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("case*")} == stamps
 
     # another model (its sha256 in the sidecar differs): refused too
     side_path = out / "case1_T1w.json"
-    side = json.loads(side_path.read_text())
+    side = json.loads(side_path.read_text(encoding="utf-8"))
     side["batch"]["model_sha256"] = "0" * 64
     side_path.write_text(json.dumps(side))
     assert main(["batch", str(cohort), "-o", str(out), *OPTIONS]) == 2
@@ -100,7 +100,7 @@ def test_serial_batch_reports_failures_skips_done_cases_and_refuses_other_option
     # --overwrite redoes exactly the conflicting cases
     assert main(["batch", str(cohort), "-o", str(out), *OPTIONS, "--overwrite"]) == 1
     assert json.loads((out / "batch_summary.json").read_text())["counts"] == {"done": 1, "skipped": 2, "failed": 2}
-    assert json.loads(side_path.read_text())["batch"]["model_sha256"] != "0" * 64
+    assert json.loads(side_path.read_text(encoding="utf-8"))["batch"]["model_sha256"] != "0" * 64
 
 
 def test_batch_never_writes_onto_its_inputs(cohort, capsys):
@@ -116,11 +116,11 @@ def test_cases_csv_on_a_two_worker_local_cluster_matches_the_serial_run(cohort, 
     serial, dist = tmp_path / "serial", tmp_path / "dask"
     assert main(["batch", "--cases", str(cases), "-o", str(serial), *OPTIONS]) == 0
     assert main(["batch", "--cases", str(cases), "-o", str(dist), "--workers", "2", *OPTIONS]) == 0
-    report = json.loads((dist / "batch_summary.json").read_text())
+    report = json.loads((dist / "batch_summary.json").read_text(encoding="utf-8"))
     assert report["workers"] == 2 and report["counts"]["done"] == 3
     for i in range(len(GOOD)):
         assert np.array_equal(labels(serial / f"p{i}.nii.gz"), labels(dist / f"p{i}.nii.gz"))
-        a, b = (json.loads((folder / f"p{i}.json").read_text()) for folder in (serial, dist))
+        a, b = (json.loads((folder / f"p{i}.json").read_text(encoding="utf-8")) for folder in (serial, dist))
         a.pop("seconds"), b.pop("seconds")
         assert a == b
 
@@ -142,7 +142,7 @@ def test_scheduler_joins_a_running_cluster(cohort, tmp_path):
                       dashboard_address=None) as cluster:
         assert main(["batch", "--cases", str(cases), "-o", str(tmp_path / "seg"), "--scheduler",
                      cluster.scheduler_address, *OPTIONS]) == 0
-    report = json.loads((tmp_path / "seg" / "batch_summary.json").read_text())
+    report = json.loads((tmp_path / "seg" / "batch_summary.json").read_text(encoding="utf-8"))
     assert report["scheduler"].startswith("tcp://127.0.0.1:") and report["counts"]["done"] == 1
     assert (tmp_path / "seg" / f"{GOOD[0]}.nii.gz").is_file()
 

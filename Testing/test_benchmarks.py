@@ -40,10 +40,10 @@ def test_compare_with_partial_baseline_run_and_reuse_reports(tmp_path: Path, tin
     assert first.returncode == 0, first.stderr
     hippo, other = mean_row(first.stdout, "hippo"), mean_row(first.stdout, "other")
     assert hippo[3].startswith("**") and other[3] == "-"  # baseline column only where a best.pt exists
-    theirs = json.loads((tmp_path / "theirs" / "hippo.json").read_text())
+    theirs = json.loads((tmp_path / "theirs" / "hippo.json").read_text(encoding="utf-8"))
     assert theirs["model"] == str(run / "baseline" / "hippo" / "best.pt")
     assert not (tmp_path / "theirs" / "other.json").exists()
-    ours = json.loads((tmp_path / "ours" / "hippo.json").read_text())
+    ours = json.loads((tmp_path / "ours" / "hippo.json").read_text(encoding="utf-8"))
     assert f"**{ours['mean_dice']:.3f}**" == hippo[2] and ours["limit"] == 2
 
     again = run_script("--universal-reports", tmp_path / "ours", *common)  # no baseline, no re-evaluation

@@ -57,7 +57,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_manifest_matches_the_weights():
-    manifest = json.loads(MANIFEST.read_text())
+    manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
     assert manifest["sha256"] == hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
     assert DEFAULT_MODEL.stat().st_size <= 25 * 2**20
     assert "research use only" in manifest["usage"]
@@ -206,6 +206,6 @@ def test_readme_demo_command(tmp_path):
                           "--group", "Hippocampus", "--modality", "MR-T1", "--preview", str(preview),
                           "--quiet", "--threads", "2"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    side = json.loads(out.with_name("demo_seg.json").read_text())
+    side = json.loads(out.with_name("demo_seg.json").read_text(encoding="utf-8"))
     assert [side["labels"][str(i)]["id"] for i in range(1, 3)] == [HIPPO[v] for v in sorted(HIPPO)]
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and preview.stat().st_size > 10_000

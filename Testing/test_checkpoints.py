@@ -85,7 +85,7 @@ def test_save_checks_ids_and_metadata(tmp_path: Path) -> None:
 
 def parse_state_dict_txt(path: Path) -> dict[str, tuple[int, ...]]:
     shapes = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             name, shape = line.split(" ", 1)
             shapes[name] = tuple(int(s) for s in re.findall(r"\d+", shape))

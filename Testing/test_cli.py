@@ -69,7 +69,7 @@ def test_tasks_all_marks_catalog_entries_not_in_the_model():
 
 def test_tasks_of_another_model_read_from_its_manifest(tmp_path):
     manifest = json.loads((Path(__file__).resolve().parents[1] / "UniversalSegLib/weights/universalseg-small.json")
-                          .read_text())
+                          .read_text(encoding="utf-8"))
     manifest["task_ids"] = ["spleen", "mandible"]
     del manifest["inference_policy"]  # an export from before the policy block: figures from its reports
     manifest["validation"] = {"ct_headneck_openkbp": {"labels": {"Mandible": {"dice": 0.4}}}}
@@ -103,7 +103,7 @@ def test_segment_kbp_case_with_task_order_and_sidecar(kbp_case, coarse_checkpoin
               "--no-keep-largest")  # the plain probability argmax, checked below
     assert run.returncode == 0, run.stderr
     assert sha(kbp_case) == before
-    side = json.loads((tmp_path / "seg.json").read_text())
+    side = json.loads((tmp_path / "seg.json").read_text(encoding="utf-8"))
     assert [side["labels"][k]["id"] for k in ("1", "2")] == ["mandible", "brainstem"]
     assert side["labels"]["1"]["terminology_entry"].count("~") == 6
     labels = sitk.ReadImage(str(out))
@@ -142,7 +142,7 @@ def test_smoke_cases_segment(shared_data, coarse_checkpoint, tmp_path):
                 str(tmp_path / f"{case}.nii.gz"), "--task", task, "--model", str(coarse_checkpoint), "--quiet"]
         run = cli(*args, *(["--modality", modality] if modality else []))
         assert run.returncode == 0, run.stderr
-        side = json.loads((tmp_path / f"{case}.json").read_text())
+        side = json.loads((tmp_path / f"{case}.json").read_text(encoding="utf-8"))
         assert side["labels"]["1"]["id"] == task
         assert side["modality"] == (modality or "CT")  # spleen_ct: guessed CT from its air values
 

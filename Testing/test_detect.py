@@ -31,7 +31,7 @@ def test_split_keeps_every_subject_on_one_side(hc18: Path, tmp_path: Path) -> No
     from UniversalSegLib.training.slices2d import hc18_split
 
     stored = json.loads(SPLIT.read_text(encoding="utf-8"))
-    subject = {r["id"]: r["subject"] for r in json.loads((hc18 / "dataset.json").read_text())["cases"]}
+    subject = {r["id"]: r["subject"] for r in json.loads((hc18 / "dataset.json").read_text(encoding="utf-8"))["cases"]}
     train, val = {subject[i] for i in stored["train"]}, {subject[i] for i in stored["val"]}
     assert not train & val
     assert sorted(stored["train"] + stored["val"]) == sorted(subject)
@@ -92,7 +92,7 @@ def test_detect_segment_writes_mask_and_boxes(val_png: tuple[Path, Path], tmp_pa
     assert mask.shape == truth.shape and set(np.unique(mask)) <= {0, 1}
     dice = 2 * ((mask > 0) & truth).sum() / ((mask > 0).sum() + truth.sum())
     assert dice > 0.8
-    payload = json.loads(boxes.read_text())
+    payload = json.loads(boxes.read_text(encoding="utf-8"))
     assert len(payload["detections"]) >= 1 and payload["detections"][0]["name"] == "fetal_head"
     assert len(payload["detections"][0]["box"]) == 4
     assert "detection" in capsys.readouterr().out
@@ -106,7 +106,7 @@ def test_nothing_detected_writes_an_empty_mask(tmp_path: Path, capsys: pytest.Ca
     out, boxes = tmp_path / "mask.png", tmp_path / "boxes.json"
     assert main(["detect-segment", str(blank), "-o", str(out), "--boxes-out", str(boxes)]) == 0
     assert not np.asarray(Image.open(out)).any()
-    assert json.loads(boxes.read_text())["detections"] == []
+    assert json.loads(boxes.read_text(encoding="utf-8"))["detections"] == []
     assert "nothing detected" in capsys.readouterr().err
 
 

@@ -86,7 +86,7 @@ def test_evaluate_cli_on_shared_cases(shared_data, coarse_checkpoint, tmp_path):
                           str(shared_data / "mri_hippocampus_msd"), "--limit", "2", "--model", str(coarse_checkpoint),
                           "--json", str(out), "--threads", "1"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     assert set(report["labels"]) == {"Anterior hippocampus", "Posterior hippocampus"}
     assert all(v["n"] == 2 and 0.0 <= v["dice"] <= 1.0 for v in report["labels"].values())
     assert [c["case"] for c in report["cases"]] == ["hippo_001", "hippo_003"]  # the first two by id

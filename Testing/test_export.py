@@ -46,7 +46,7 @@ def test_export_writes_weights_and_manifest_without_machine_paths(tmp_path: Path
     assert manifest["version"] == "9.9.9" and manifest["training"]["iterations"] == 7
     assert manifest["usage"].startswith("research use only") and "b" in manifest["usage"]
     assert manifest["validation"] == {"a": {"mean_dice": 0.5}}
-    assert json.loads(out.with_suffix(".json").read_text()) == manifest
+    assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8")) == manifest
     assert load_checkpoint(out).metadata["config"]["data_root"] == "../shared/data"
 
 
@@ -107,7 +107,7 @@ def test_a_run_from_an_exported_model_keeps_its_history(tmp_path: Path) -> None:
     payload = torch.load(shipped, weights_only=True)
     del payload["metadata"]["earlier_stages"]
     torch.save(payload, shipped)
-    manifest = json.loads(shipped.with_suffix(".json").read_text())
+    manifest = json.loads(shipped.with_suffix(".json").read_text(encoding="utf-8"))
     stages = export_model(third, tmp_path / "n2.pt")["training"]["earlier_stages"]  # manifest of another file
     assert [s.get("iterations") for s in stages] == [None, 5] and stages[0]["found"] is False
     shipped.with_suffix(".json").write_text(json.dumps({**manifest, "sha256": file_sha256(shipped)}))

@@ -194,7 +194,7 @@ def test_export_writes_a_block_that_validates(tmp_path):
                   "a refined": {"refinement": {"backend": "litemedsam"}, "labels": {"Right kidney": {"dice": 0.85}}}}
     manifest = export_model(source, out, version="1.0.0", evaluation=evaluation, root=tmp_path,
                             policy={"liver": {"keep_largest": True}, "kidney_right": {"refine": True}})
-    assert json.loads(out.with_suffix(".json").read_text()) == manifest
+    assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8")) == manifest
     assert manifest[REQUIRES_FIELD] == ">=0.9,<1.0" and version_matches(manifest[REQUIRES_FIELD], __version__)
     assert manifest["training"]["config"]["data_root"] == "data"  # relative to the root given, no machine path
     policy = policy_of(read_manifest(out))

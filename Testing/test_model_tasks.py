@@ -47,12 +47,12 @@ def test_only_tasks_trained_for_the_modality_are_offered():
 
 def test_the_dice_is_that_of_the_manifest_policy_not_the_catalog(tmp_path):
     """The model's ``inference_policy`` block decides: refined Dice where it refines, whatever the catalog says."""
-    raw = json.loads(BUNDLED.read_text())
+    raw = json.loads(BUNDLED.read_text(encoding="utf-8"))
     for task in raw["tasks"]:
         task["refine"] = task["id"] == "larynx"  # a catalog that would refine the larynx
     (tmp_path / "catalog.json").write_text(json.dumps(raw))
     catalog = Catalog.load(tmp_path / "catalog.json")
-    manifest = json.loads(DEFAULT_MANIFEST.read_text())
+    manifest = json.loads(DEFAULT_MANIFEST.read_text(encoding="utf-8"))
     block = manifest[POLICY_KEY]["tasks"]
     block["mandible"].update(refine=True)
     block["mandible"]["validation"]["refined_dice"] = 0.9
@@ -69,12 +69,12 @@ def test_the_dice_is_that_of_the_manifest_policy_not_the_catalog(tmp_path):
 
 def test_a_manifest_without_policy_takes_the_catalogs(tmp_path):
     """An export from before the block: the catalog's refine flags pick the refined or the plain report."""
-    raw = json.loads(BUNDLED.read_text())
+    raw = json.loads(BUNDLED.read_text(encoding="utf-8"))
     for task in raw["tasks"]:
         task["refine"] = task["id"] == "mandible"
     (tmp_path / "catalog.json").write_text(json.dumps(raw))
     catalog = Catalog.load(tmp_path / "catalog.json")
-    manifest = json.loads(DEFAULT_MANIFEST.read_text())
+    manifest = json.loads(DEFAULT_MANIFEST.read_text(encoding="utf-8"))
     del manifest[POLICY_KEY]
     manifest["validation"]["refined"] = {"refinement": {"backend": "x"},
                                          "labels": {"Mandible": {"dice": 0.9}, "Larynx": {"dice": 0.1}}}

@@ -54,7 +54,7 @@ def test_graph_is_cached_by_weights_hash(cache) -> None:
     path = onnx_runtime.graph_path(file_sha256(DEFAULT_MODEL))
     assert path.parent == cache / "onnx" and path.is_file() and path.with_suffix(".json").is_file()
     assert file_sha256(DEFAULT_MODEL)[:16] in path.name and path.name.endswith("-fp32.onnx")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     assert meta["task_ids"][:2] == ["brainstem", "spinal_cord"] and meta["null_task"] == len(meta["task_ids"])
     stamp = path.stat().st_mtime_ns
     onnx_runtime.load_hermes(DEFAULT_MODEL)  # found, not exported again
@@ -160,4 +160,4 @@ def test_onnx_segment_imports_neither_torch_nor_monai(cache, tmp_path) -> None:
                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert run.returncode == 0, run.stderr
     assert "HEAVY []" in run.stdout
-    assert out.is_file() and json.loads((tmp_path / "profile.json").read_text())["backend"] == "onnx"
+    assert out.is_file() and json.loads((tmp_path / "profile.json").read_text(encoding="utf-8"))["backend"] == "onnx"

@@ -60,7 +60,7 @@ def test_segment_profile_has_every_stage(runtime, coarse_checkpoint, tmp_path) -
     elapsed = time.perf_counter() - started
     assert run.returncode == 0, run.stderr
     assert f"wrote {profile}" in run.stdout and out.is_file()
-    report = json.loads(profile.read_text())
+    report = json.loads(profile.read_text(encoding="utf-8"))
     assert EXPECTED <= set(report["stages"]) <= set(STAGES)
     assert report["backend"] == runtime and report["command"] == "segment"
     calls = report["network_calls"]
@@ -82,10 +82,10 @@ def test_profile_never_overwrites(coarse_checkpoint, tmp_path) -> None:
             str(coarse_checkpoint), "--threads", "1", "--quiet", "--runtime", "torch", "--no-mirror")
     run = cli(*base, "--profile", str(profile))
     assert run.returncode == 2 and "already exists" in run.stderr
-    assert profile.read_text() == "keep me" and not out.exists()  # refused before any work
+    assert profile.read_text(encoding="utf-8") == "keep me" and not out.exists()  # refused before any work
     for target in (KBP, out):  # an input, or another output of the same run, even with --overwrite
         run = cli(*base, "--profile", str(target), "--overwrite")
         assert run.returncode == 2 and ("is the input file" in run.stderr or "same file" in run.stderr), run.stderr
     run = cli(*base, "--profile", str(profile), "--overwrite")
     assert run.returncode == 0, run.stderr
-    assert json.loads(profile.read_text())["stages"]["write"]["seconds"] >= 0
+    assert json.loads(profile.read_text(encoding="utf-8"))["stages"]["write"]["seconds"] >= 0

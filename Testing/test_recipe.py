@@ -37,7 +37,7 @@ SETTINGS = {f.name for f in dataclasses.fields(TrainConfig)} - {"base_dir"}
 
 
 def _manifest() -> dict:
-    return json.loads(MANIFEST.read_text())
+    return json.loads(MANIFEST.read_text(encoding="utf-8"))
 
 
 def test_last_stage_is_the_configuration_the_manifest_records() -> None:
@@ -67,7 +67,7 @@ def test_stages_are_the_runs_the_manifest_lists() -> None:
 
 
 def test_recipe_is_flat_and_each_stage_starts_from_the_previous_one() -> None:
-    raw = yaml.safe_load(RECIPE.read_text())
+    raw = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
     assert set(raw) == {"name", "version", "stages"}
     for stage in raw["stages"]:  # every setting written out, none inherited
         assert "extends" not in stage and SETTINGS - {"init_from"} <= set(stage), stage["name"]
@@ -168,7 +168,7 @@ def test_first_stages_run_on_tiny_data_each_from_the_one_before(tmp_path: Path, 
     assert seen[1] == ("prior_kernels_4500", _sha(one / "last.pt"))
     state = _state(two / "last.pt")
     assert state["iteration"] == 3 and state["scheduler"]["last_epoch"] == 3
-    rows = (two / "train_log.csv").read_text().strip().splitlines()
+    rows = (two / "train_log.csv").read_text(encoding="utf-8").strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["3"]
     assert load_checkpoint(two / "final.pt").metadata["iterations"] == 3
 

@@ -150,7 +150,7 @@ def test_evaluate_refine_scores_the_refined_masks(shared_data, tmp_path, capsys)
     printed = capsys.readouterr()
     assert "refined Anterior hippocampus" in printed.err
     assert "| coarse Dice | refined Dice | change | refined |" in printed.out
-    before, after = (json.loads(p.read_text()) for p in (plain, refined))
+    before, after = (json.loads(p.read_text(encoding="utf-8")) for p in (plain, refined))
     assert "refinement" not in before and after["refinement"]["tasks"] == ["Anterior hippocampus"]
     posterior, anterior = after["labels"]["Posterior hippocampus"], after["labels"]["Anterior hippocampus"]
     assert posterior["dice"] == posterior["coarse_dice"] == before["labels"]["Posterior hippocampus"]["dice"]

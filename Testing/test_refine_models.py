@@ -68,7 +68,7 @@ def test_embedding_cache_keeps_to_its_size_and_folder(tmp_path) -> None:
 
 
 def test_finetuned_weights_match_their_manifest(original: LiteMedSAM) -> None:
-    manifest = json.loads(FINETUNED.with_suffix(".json").read_text())
+    manifest = json.loads(FINETUNED.with_suffix(".json").read_text(encoding="utf-8"))
     assert manifest["sha256"] == hashlib.sha256(FINETUNED.read_bytes()).hexdigest()
     assert FINETUNED.stat().st_size < 12e6
     for key in ("data", "iterations", "validation", "universalseg_version", "date"):

@@ -75,7 +75,7 @@ def test_sidecar_may_not_land_on_an_input(tmp_path):
     sidecar_input.write_text("{}")
     with pytest.raises(OutputError, match="seg.json"):
         write_result(_result(), tmp_path / "seg.nii.gz", inputs=(mask, sidecar_input), overwrite=True)
-    assert sidecar_input.read_text() == "{}" and not (tmp_path / "seg.nii.gz").exists()
+    assert sidecar_input.read_text(encoding="utf-8") == "{}" and not (tmp_path / "seg.nii.gz").exists()
 
 
 def test_segment_preview_may_not_land_on_the_input(tmp_path):
@@ -106,13 +106,13 @@ def test_export_refuses_writing_over_its_checkpoint(tmp_path, capsys):
     report.write_text('{"dataset": "d"}')
     assert main(["export", str(ckpt), "-o", str(tmp_path / "out.pt"), "--evaluation", str(report),
                  "--overwrite"]) == 2
-    assert report.read_text() == '{"dataset": "d"}'
+    assert report.read_text(encoding="utf-8") == '{"dataset": "d"}'
 
 
 def test_evaluate_refuses_report_over_dataset_json(tmp_path):
     (tmp_path / "dataset.json").write_text("{}")
     assert main(["evaluate", str(tmp_path), "--json", str(tmp_path / "dataset.json"), "--overwrite"]) == 2
-    assert (tmp_path / "dataset.json").read_text() == "{}"
+    assert (tmp_path / "dataset.json").read_text(encoding="utf-8") == "{}"
 
 
 # --- existing outputs need --overwrite -----------------------------------------------------------------
@@ -238,11 +238,11 @@ def test_second_commit_does_not_replace_the_first(tmp_path):
     commit(first, final)
     with pytest.raises(OutputError, match="already exists"):
         commit(second, final)
-    assert final.read_text() == "first" and _leftovers(tmp_path) == []
+    assert final.read_text(encoding="utf-8") == "first" and _leftovers(tmp_path) == []
     third = temp_path(final)
     third.write_text("third")
     commit(third, final, overwrite=True)
-    assert final.read_text() == "third"
+    assert final.read_text(encoding="utf-8") == "third"
 
 
 def test_concurrent_writers_exactly_one_wins(tmp_path):
@@ -262,7 +262,7 @@ def test_concurrent_writers_exactly_one_wins(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert outcomes.count("won") == 1 and final.read_text() in {str(n) for n in range(8)}
+    assert outcomes.count("won") == 1 and final.read_text(encoding="utf-8") in {str(n) for n in range(8)}
     assert _leftovers(tmp_path) == []
 
 

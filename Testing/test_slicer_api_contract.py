@@ -146,11 +146,11 @@ def test_deliberately_wrong_calls_are_caught(tmp_path):
     module = tmp_path / "Wrong.py"
     module.write_text(textwrap.dedent(WRONG))
     report = slicer_api.check([module], [UI])
-    expected = {i for i, line in enumerate(module.read_text().splitlines(), start=1) if "# ERR" in line}
+    expected = {i for i, line in enumerate(module.read_text(encoding="utf-8").splitlines(), start=1) if "# ERR" in line}
     found = {e.line for e in report.errors}
     assert found == expected, "\n".join(map(str, report.errors))
     by_line = {e.line: e.detail for e in report.errors}
-    kw_line = next(i for i in expected if "nonexistent_kw" in module.read_text().splitlines()[i - 1])
+    kw_line = next(i for i in expected if "nonexistent_kw" in module.read_text(encoding="utf-8").splitlines()[i - 1])
     assert by_line[kw_line] == "no keyword argument 'nonexistent_kw'"
     names = {name for _, name in report.covered()}
     assert "vtkMRMLNode.GetID() (0 args)" in names  # the slot's parameter typed from the signal

@@ -83,7 +83,7 @@ def test_requirements_file_matches_the_dependencies():
     listed = sorted(line for line in lines if line and not line.startswith("#"))
     assert listed == sorted(d.requirement for d in DEPENDENCIES if d.route == "pip")
     assert not {deps._name(r) for r in listed} & KEEP_NAMES
-    pins = {deps._name(line): line for line in (REPO / "requirements.txt").read_text().splitlines()
+    pins = {deps._name(line): line for line in (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines()
             if "==" in line and not line.startswith("#")}
     assert all(pins[deps._name(r)] == r for r in listed), "Slicer gets the engine's tested versions"
     torch_floor = TORCH_REQUIREMENT.removeprefix(">=")
@@ -101,7 +101,7 @@ class Recorder:
     def __call__(self, args, log):
         self.calls.append(list(args))
         if "-c" in args:
-            self.constraints.append(Path(args[args.index("-c") + 1]).read_text())
+            self.constraints.append(Path(args[args.index("-c") + 1]).read_text(encoding="utf-8"))
         for line in self.output:
             log(line)
         return self.status
@@ -171,7 +171,7 @@ def test_a_pip_failure_that_is_not_offline_names_the_package():
 
 # ------------------------------------------------------------------------------------- Slicer's real API
 def _functions(path: Path) -> dict[str, ast.FunctionDef]:
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     return {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
 
 
@@ -203,7 +203,7 @@ def test_torch_install_matches_the_pytorch_extension(monkeypatch):
     assert deps.install_torch_with_pytorch_utils() == "torch"
     assert calls == [{"askConfirmation": False, "torchVersionRequirement": TORCH_REQUIREMENT}]
     assert set(calls[0]) <= set(_parameters(install))
-    assert "class PyTorchUtilsLogic" in PYTORCH_UTILS.read_text()
+    assert "class PyTorchUtilsLogic" in PYTORCH_UTILS.read_text(encoding="utf-8")
 
 
 def test_default_runner_outside_slicer_is_this_interpreter():

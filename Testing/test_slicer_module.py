@@ -231,7 +231,7 @@ def test_requirements_pinned_without_torch():
              if ln.strip() and not ln.lstrip().startswith("#")]
     assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.]*", ln) for ln in lines), lines
     assert not any(ln.lower().startswith("torch") for ln in lines)
-    engine = dict(ln.split("==") for ln in (REPO / "requirements.txt").read_text().splitlines()
+    engine = dict(ln.split("==") for ln in (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines()
                   if "==" in ln and not ln.startswith("#"))
     for line in lines:
         name, version = line.split("==")
@@ -269,7 +269,7 @@ def test_cmake_lists_every_file():
                                      if p.is_file())
     assert cmake_list("MODULE_PYTHON_SCRIPTS") == ["${MODULE_NAME}.py", *(
         p.relative_to(MODULE_DIR).as_posix() for p in sorted(SECTIONS.glob("*.py")))]
-    text = CMAKE.read_text()
+    text = CMAKE.read_text(encoding="utf-8")
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
 
 
@@ -330,7 +330,7 @@ def test_cmake_configures_files_where_slicer_looks(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     dest = tmp_path / "build" / "lib" / "Slicer-5.8" / "qt-scripted-modules"
-    rows = [line.split("|") for line in (tmp_path / "build" / "manifest.txt").read_text().splitlines()]
+    rows = [line.split("|") for line in (tmp_path / "build" / "manifest.txt").read_text(encoding="utf-8").splitlines()]
     copied = {Path(target).relative_to(dest).as_posix(): Path(source) for kind, source, target in rows
               if kind in ("script", "resource")}
     # Scripts: the module and every Lib file, under their package path beside the module.
@@ -352,7 +352,7 @@ def test_cmake_configures_files_where_slicer_looks(tmp_path):
 
 
 def test_extension_description_fields():
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert re.search(rf'set\(EXTENSION_{field} "[^"]+"\)', top), field
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in top and 'set(EXTENSION_DEPENDS "PyTorch")' in top
@@ -360,7 +360,7 @@ def test_extension_description_fields():
                    "${Slicer_EXTENSION_GENERATE_CONFIG}", "${Slicer_EXTENSION_CPACK}"):
         assert needed in top
     s4ext = {}
-    for line in (REPO / "UniversalSeg.s4ext").read_text().splitlines():
+    for line in (REPO / "UniversalSeg.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition(" ")
             s4ext[key] = value.strip()

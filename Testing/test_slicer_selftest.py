@@ -46,7 +46,7 @@ def test_missing_dependencies_can_be_an_error_instead(scene):
 
 
 def test_floor_comes_from_the_manifest_when_it_has_the_figures(tmp_path):
-    manifest = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text())
+    manifest = json.loads(BUNDLED_MODEL.with_suffix(".json").read_text(encoding="utf-8"))
     floor, source = dice_floor(manifest)
     assert source.startswith("model manifest") and 0.5 < floor < 0.95
     assert dice_floor({"task_ids": ["hippocampus_anterior"]}) == (
@@ -104,8 +104,8 @@ def test_smoke_script_compiles_and_imports_without_running(tmp_path):
 @pytest.mark.skipif(not UTIL.is_file(), reason="no slicer-api copy")
 def test_smoke_script_calls_only_real_slicer_util_functions():
     """Every slicer.util.NAME(...) in the script exists in Slicer 5.12.3's util.py and takes those arguments."""
-    real = {n.name: n for n in ast.parse(UTIL.read_text()).body if isinstance(n, ast.FunctionDef)}
-    calls = [n for n in ast.walk(ast.parse(SMOKE.read_text())) if isinstance(n, ast.Call)
+    real = {n.name: n for n in ast.parse(UTIL.read_text(encoding="utf-8")).body if isinstance(n, ast.FunctionDef)}
+    calls = [n for n in ast.walk(ast.parse(SMOKE.read_text(encoding="utf-8"))) if isinstance(n, ast.Call)
              and isinstance(n.func, ast.Attribute) and ast.unparse(n.func.value) == "slicer.util"]
     assert {c.func.attr for c in calls} == {"loadVolume", "arrayFromVolume", "exit"}
     for call in calls:

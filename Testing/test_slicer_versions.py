@@ -137,9 +137,9 @@ def test_old_slicer_shows_one_message(python, mode):
 
 def test_supported_versions_are_stated():
     assert MIN_SLICER == "5.10" and TESTED_SLICER == ("5.10", "5.12") and MIN_PYTHON == (3, 10)
-    s4ext = (REPO / "UniversalSeg.s4ext").read_text()
+    s4ext = (REPO / "UniversalSeg.s4ext").read_text(encoding="utf-8")
     assert re.search(r"^description .*Slicer 5\.10 or newer", s4ext, re.M)
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Using it in 3D Slicer"):]
     section = section[:section.find("\n## ", 3)]
     assert "5.10" in section and "5.12" in section and "5.8" in section
@@ -147,9 +147,9 @@ def test_supported_versions_are_stated():
 
 def test_screenshot_and_icon_urls_point_at_files_of_this_repository():
     base = "https://raw.githubusercontent.com/universalseg/UniversalSeg/main/"
-    s4ext = dict(line.split(" ", 1) for line in (REPO / "UniversalSeg.s4ext").read_text().splitlines()
+    s4ext = dict(line.split(" ", 1) for line in (REPO / "UniversalSeg.s4ext").read_text(encoding="utf-8").splitlines()
                  if line.strip() and not line.startswith("#") and " " in line)
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     urls = s4ext["screenshoturls"].split() + [s4ext["iconurl"].strip()]
     urls += re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]+)"\)', top).group(1).split()
     urls.append(re.search(r'set\(EXTENSION_ICONURL "([^"]+)"\)', top).group(1))

@@ -224,7 +224,7 @@ def test_split_is_deterministic_about_80_20_and_stable_when_cases_are_added(tmp_
     assert 0.15 < len(val) / 600 < 0.25
     more = load_or_make_split(_info(ids + [f"new_{i}" for i in range(50)]), tmp_path / "s1")
     assert set(val) <= set(more[1]) and set(train) <= set(more[0])
-    stored = json.loads((tmp_path / "s1" / "ds.json").read_text())
+    stored = json.loads((tmp_path / "s1" / "ds.json").read_text(encoding="utf-8"))
     assert "new_3" in stored["train"] + stored["val"]
 
 
@@ -258,7 +258,7 @@ def test_bad_cases_are_named_and_skipped(tmp_path: Path, caplog: pytest.LogCaptu
         {"id": "empty_present", "image": "images/c000.nii.gz", "label": "labels/c000.nii.gz", "present_labels": []},
     ]
     make_dataset(folder, 4, {1: "Liver", 2: "Spleen"}, extra=extra)
-    meta = json.loads((folder / "dataset.json").read_text())
+    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     meta["cases"].append(write_case(folder, "bad_geometry", label_size=(40, 36, 21)))
     meta["cases"].append(write_case(folder, "bad_values", label_values=(1, 9)))
     (folder / "dataset.json").write_text(json.dumps(meta))
@@ -408,7 +408,7 @@ def test_bundled_configs_load() -> None:
     cfg = load_config(repo / "configs" / "default.yaml")
     import yaml
 
-    documented = set(yaml.safe_load((repo / "configs" / "default.yaml").read_text()))
+    documented = set(yaml.safe_load((repo / "configs" / "default.yaml").read_text(encoding="utf-8")))
     assert {f.name for f in dataclasses.fields(cfg)} - {"base_dir"} <= documented  # every setting, commented
     names = [d.name for d in cfg.datasets]
     assert names[:3] == ["ct_headneck_openkbp", "mri_hippocampus_msd", "mri_cardiac_acdc"]

@@ -53,10 +53,10 @@ def test_run_writes_checkpoints_and_resumes_exactly(tmp_path: Path, one_dataset_
     assert meta["iterations"] == 4 and meta["licenses"] == {"synth_ct": "synthetic", "synth_mr": "synthetic"}
     assert set(meta["val_dice_per_label"]) == {"synth_ct/Liver", "synth_ct/Spleen", "synth_mr/Hippo"}
     assert meta["training_seconds"] > 0 and meta["date"]
-    rows = (tmp_path / "split" / "train_log.csv").read_text().strip().splitlines()
+    rows = (tmp_path / "split" / "train_log.csv").read_text(encoding="utf-8").strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]  # no duplicate after resuming
     assert (tmp_path / "full" / "curves.png").stat().st_size > 0
-    assert json.loads((tmp_path / "splits" / "synth_ct.json").read_text())["dataset"] == "synth_ct"
+    assert json.loads((tmp_path / "splits" / "synth_ct.json").read_text(encoding="utf-8"))["dataset"] == "synth_ct"
 
     # final.pt: the last step's EMA weights, also written when a finished run is resumed without it
     for run in ("full", "split"):
@@ -109,7 +109,7 @@ def test_baseline_trains_one_prior_free_model_per_dataset(tmp_path: Path) -> Non
     from UniversalSegLib.models import load_checkpoint
 
     manifest = train(tiny_config(tmp_path, mode="baseline", iterations=4), progress=False)
-    record = json.loads(manifest.read_text())
+    record = json.loads(manifest.read_text(encoding="utf-8"))
     checkpoints = record["checkpoints"]
     assert set(checkpoints) == {"synth_ct", "synth_mr"}
     assert record["iterations_per_dataset"] == {"synth_ct": 2, "synth_mr": 2}  # equal weights: half each
@@ -130,11 +130,11 @@ def test_baseline_only_shares_one_run_between_processes(tmp_path: Path, capsys: 
     cfg = tiny_config(tmp_path, mode="baseline", iterations=4)
     with pytest.raises(InputError, match="synth_us"):
         train(cfg, progress=False, only=["synth_us"])
-    first = json.loads(train(cfg, progress=False, only=["synth_mr"]).read_text())
+    first = json.loads(train(cfg, progress=False, only=["synth_mr"]).read_text(encoding="utf-8"))
     assert set(first["checkpoints"]) == {"synth_mr"}  # synth_ct was left to another process
     assert not (tmp_path / "run" / "baseline" / "synth_ct").exists()
     assert _state(tmp_path / "run" / "baseline" / "synth_mr" / "last.pt")["iteration"] == 2  # steps of the whole run
-    second = json.loads(train(cfg, progress=False, only=["synth_ct"]).read_text())
+    second = json.loads(train(cfg, progress=False, only=["synth_ct"]).read_text(encoding="utf-8"))
     assert set(second["checkpoints"]) == {"synth_ct", "synth_mr"}  # the finished one is listed too
     assert second["iterations_per_dataset"] == {"synth_ct": 2, "synth_mr": 2}
 
@@ -174,9 +174,9 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
     assert _state(run / "last.pt")["iteration"] == 2
-    rows = (run / "train_log.csv").read_text().strip().splitlines()
+    rows = (run / "train_log.csv").read_text(encoding="utf-8").strip().splitlines()
     assert len(rows) == 3  # header + 2 iterations: only rank 0 logged
-    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
+    assert (tmp_path / "rank0.txt").read_text(encoding="utf-8") == (tmp_path / "rank1.txt").read_text(encoding="utf-8")
 
 
 def test_main_train_command_line(tmp_path: Path, capsys) -> None:

@@ -66,7 +66,7 @@ def start_server(tmp: Path, *options: str) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.3)
     process.kill()
-    raise RuntimeError("universalseg serve did not start: " + (tmp / f"serve-{port}.log").read_text())
+    raise RuntimeError("universalseg serve did not start: " + (tmp / f"serve-{port}.log").read_text(encoding="utf-8"))
 
 
 def stop(process: subprocess.Popen) -> None:

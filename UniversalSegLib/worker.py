@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     kind = "segmentation"
     try:
-        request = json.loads((folder / "request.json").read_text())
+        request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
         kind = "refinement" if request["kind"] == "refine" else "segmentation"
         KINDS[request["kind"]](folder, request)
     except UniversalSegError as err:

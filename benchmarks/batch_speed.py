@@ -62,7 +62,7 @@ def same_outputs(a: Path, b: Path, names: list[str]) -> bool:
                               sitk.GetArrayFromImage(sitk.ReadImage(str(b / name)))):
             return False
         side = name.replace(".nii.gz", ".json")
-        x, y = (json.loads((folder / side).read_text()) for folder in (a, b))
+        x, y = (json.loads((folder / side).read_text(encoding="utf-8")) for folder in (a, b))
         x.pop("seconds"), y.pop("seconds")
         if x != y:
             return False

@@ -59,7 +59,7 @@ def run(case: str, runtime: str, mirror: bool, threads: int, workdir: Path, env:
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=env, cwd=REPO)
     wall = time.perf_counter() - started
-    report = json.loads(profile.read_text())
+    report = json.loads(profile.read_text(encoding="utf-8"))
     return {"case": case, "runtime": runtime, "mirror": mirror, "wall_s": wall, "report": report,
             "labels": sitk.GetArrayFromImage(sitk.ReadImage(str(out)))}
 

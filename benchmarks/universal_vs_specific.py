@@ -49,7 +49,7 @@ def baseline_checkpoints(path: Path) -> dict[str, Path]:
     if not manifest.is_file():
         raise SystemExit(f"error: no baseline manifest at {manifest}. What to do: pass the baseline.json or the "
                          "output folder of a `mode: baseline` training run")
-    return {name: Path(p) for name, p in json.loads(manifest.read_text())["checkpoints"].items()}
+    return {name: Path(p) for name, p in json.loads(manifest.read_text(encoding="utf-8"))["checkpoints"].items()}
 
 
 def read_report(folder: Path, name: str, split: str, limit: int | None, keep_largest: bool | None,
@@ -60,7 +60,7 @@ def read_report(folder: Path, name: str, split: str, limit: int | None, keep_lar
     if not path.is_file():
         raise SystemExit(f"error: no report {path}. What to do: run once with --reports / --baseline-reports "
                          f"{folder}, or `universalseg evaluate ... --json {path}`")
-    report = json.loads(path.read_text())
+    report = json.loads(path.read_text(encoding="utf-8"))
     wanted = {"split": split, "keep_largest": "catalog" if keep_largest is None else keep_largest, "mirror": mirror}
     for key, value in wanted.items():
         if report.get(key, False if key == "mirror" else None) != value:

@@ -45,7 +45,7 @@ def tree(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()
             children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
         except (OSError, IndexError, ValueError):
             continue
@@ -62,7 +62,7 @@ def memory(pid: int) -> tuple[int, int]:
     rss = pss = 0
     for process in tree(pid):
         try:
-            for line in Path(f"/proc/{process}/smaps_rollup").read_text().splitlines():
+            for line in Path(f"/proc/{process}/smaps_rollup").read_text(encoding="utf-8").splitlines():
                 if line.startswith("Rss:"):
                     rss += int(line.split()[1]) * 1024
                 elif line.startswith("Pss:"):

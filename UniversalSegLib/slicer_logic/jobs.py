@@ -98,7 +98,7 @@ class SegmentationJob(ProcessJob):
             self.device = str(event["device"])
 
     def read_result(self, folder: Path) -> None:
-        info = json.loads((folder / "result.json").read_text())
+        info = json.loads((folder / "result.json").read_text(encoding="utf-8"))
         labels = sitk.ReadImage(str(folder / "labels.nrrd"))
         if labels.GetSize() != self.run.image.GetSize():
             raise UniversalSegError("the engine returned a label map on another grid than the input",

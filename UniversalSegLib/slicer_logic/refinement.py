@@ -226,7 +226,7 @@ class RefinementJob(ProcessJob):
                 "refiner": self._refiner}
 
     def read_result(self, folder: Path) -> None:
-        info = json.loads((folder / "result.json").read_text())
+        info = json.loads((folder / "result.json").read_text(encoding="utf-8"))
         self.results = [RefinedSegment(s["segment_id"], np.load(folder / s["mask"]),
                                        [Box3D(tuple(lo), tuple(hi)) for lo, hi in s["boxes"]], bool(s["derived"]))
                         for s in info["segments"]]

@@ -359,7 +359,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     _check(path.resolve() not in seen, f"training config '{path}' extends itself (through {len(seen)} file(s))",
            "remove the loop of 'extends:' settings")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise InputError(f"training config '{path}' is not valid YAML ({err})", "fix the syntax") from None
     _check(isinstance(raw, dict) or raw is None, f"training config '{path}' must be a mapping of settings",
@@ -431,7 +431,7 @@ def is_recipe(path: str | Path) -> bool:
     import yaml
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(raw, dict) and "stages" in raw
@@ -457,7 +457,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
     if not path.is_file():
         raise InputError(f"training recipe '{path}' does not exist", "check the path")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise InputError(f"training recipe '{path}' is not valid YAML ({err})", "fix the syntax") from None
     _check(isinstance(raw, dict) and isinstance(raw.get("stages"), list) and bool(raw["stages"]),

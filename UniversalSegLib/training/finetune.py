@@ -151,7 +151,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def _index(split: str, cache: Folder = None) -> list[dict]:
-    return json.loads((work_dir(cache) / f"index_{split}.json").read_text())
+    return json.loads((work_dir(cache) / f"index_{split}.json").read_text(encoding="utf-8"))
 
 
 def _has_index(split: str, cache: Folder = None) -> bool:
@@ -353,7 +353,7 @@ def _write_manifest(weights: Path, update: dict, overwrite: bool = True, data: F
     from ..safe_write import atomic_output
 
     path = weights.with_suffix(".json")
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     manifest.update(update)
     manifest.update({
         "file": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),

@@ -117,7 +117,7 @@ def prepare_datasets(config: TrainConfig, catalog: Any, dist: Dist | None = None
             bar.close()
             if phase == "fill":
                 dist.barrier()
-        license_text = str(json.loads((folder / "dataset.json").read_text()).get("license", ""))
+        license_text = str(json.loads((folder / "dataset.json").read_text(encoding="utf-8")).get("license", ""))
         runs.append(DatasetRun(
             spec, info, tasks, mod.id, mod.kind, modality_root(catalog, mod.id),
             [cached[i] for i in train_ids if i in cached], [cached[i] for i in val_ids if i in cached],
