@@ -14,6 +14,8 @@
                          [--[no-]keep-largest] [--[no-]mirror] [--refine ...]
     universalseg train CONFIG.yaml [--resume|--no-resume] [--iterations N] [--stop-after N] [--quiet]
     universalseg export CHECKPOINT -o OUT.pt [--version V] [--evaluation REPORT.json ...]
+    universalseg add-task --name NAME --modality M --data DIR [--from MODEL] -o NEW.pt [--label V] [--code C]
+                          [--iterations N] [--spacing X Y Z] [--patch X Y Z] [--overwrite]
 
 Errors a user can fix print one line starting with ``error:`` and exit with status 2.
 """
@@ -85,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--evaluation", nargs="*", default=[], metavar="REPORT.json",
                     help="reports of `universalseg evaluate --split val --json` to record in the manifest")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing OUT.pt / OUT.json")
+
+    add = sub.add_parser("add-task", help="add a structure to a model: train its task prior only, the rest frozen")
+    add.add_argument("--name", required=True, help="the structure: a catalog name or alias (e.g. liver) or a new name")
+    add.add_argument("--modality", required=True, help="modality of the images (e.g. MR-T2, CT)")
+    add.add_argument("--data", required=True, metavar="DIR",
+                     help="DIR/images + DIR/labels (same file names), or a folder with a dataset.json")
+    add.add_argument("--from", dest="parent", metavar="MODEL", help="the model to extend (default: the bundled one)")
+    add.add_argument("-o", "--output", required=True, help="NEW_MODEL.pt (its manifest goes to NEW_MODEL.json)")
+    add.add_argument("--label", type=int, help="label value of the structure in the masks (default: any non-zero, "
+                     "or the dataset.json label named --name)")
+    add.add_argument("--code", help="terminology SCHEME^VALUE^MEANING for a name the catalog does not know")
+    add.add_argument("--iterations", type=int, default=60, help="training iterations (default 60)")
+    add.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="grid in mm (default: the data's)")
+    add.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window, multiples of 16")
+    add.add_argument("--overwrite", action="store_true", help="replace an existing NEW_MODEL.pt / .json")
 
     web = sub.add_parser("serve", help="segment from a browser (needs the web extra: pip install universalseg[web])")
     web.add_argument("--port", type=int, default=8080)
@@ -161,18 +178,29 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     offered = offered_tasks(args.modality, show_weak=show_weak, model=args.model, catalog=catalog,
                             include_catalog=args.all)
     hidden = 0 if show_weak else len(offered_tasks(args.modality, True, args.model, catalog)) - len(offered)
+    known = {t.id for t in catalog.tasks}
+
+    def described(t) -> dict:  # a task added under a name the catalog does not know: its own code, or unknown
+        if t.id in known:
+            return catalog.task(t.id).to_dict()
+        return {"id": t.id, "name": t.name, "group": "added (not in the catalog)", "modalities": [t.modality],
+                "terminology": t.terminology or "unknown"}
+
     if args.json:
-        rows = [{**catalog.task(t.id).to_dict(), "dice": t.dice, "weak": t.weak, "in_model": t.in_model,
-                 "model_modality": t.modality, "dice_source": t.source} for t in offered]
+        rows = [{**described(t), "dice": t.dice, "weak": t.weak, "in_model": t.in_model,
+                 "model_modality": t.modality, "dice_source": t.source, **({"added": True} if t.added else {})}
+                for t in offered]
         print(json.dumps(rows, indent=2))
     elif offered:
         width = max(len(t.id) for t in offered)
         for t in offered:
-            task = catalog.task(t.id)
+            task = described(t)
             dice = "not in model" if not t.in_model else (f"Dice {t.dice:.2f}" if t.dice is not None else "no Dice")
-            flag = "  (weak)" if t.in_model and t.weak else ""
-            print(f"{t.id:<{width}}  {task.name:<32}  {dice:<12}  {task.to_dict()['group']:<30}  "
-                  f"{t.modality or ', '.join(task.modalities)}{flag}")
+            flag = ("  (weak)" if t.in_model and t.weak else "") + ("  (added)" if t.added else "")
+            if t.added and t.id not in known:
+                flag += f"  terminology {t.terminology or 'unknown'}"
+            print(f"{t.id:<{width}}  {task['name']:<32}  {dice:<12}  {task['group']:<30}  "
+                  f"{t.modality or ', '.join(task['modalities'])}{flag}")
     else:
         print("no task of this model for this modality", file=sys.stderr)
     if hidden:
@@ -377,6 +405,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_task(args: argparse.Namespace) -> int:
+    """Add a structure to a model by training its task prior only."""
+    from .training.add_task import add_task
+
+    def progress(i: int, n: int, loss: float) -> None:
+        if i == n or i % max(1, n // 10) == 0:
+            print(f"iteration {i}/{n}  loss {loss:.3f}", file=sys.stderr, flush=True)
+
+    report = add_task(args.name, args.modality, args.data, args.output, parent=args.parent, label=args.label,
+                      code=args.code, iterations=args.iterations, overwrite=args.overwrite, spacing=args.spacing,
+                      patch=args.patch, progress=progress)
+    dice = f"{report.dice:.3f}" if report.dice is not None else "not measured"
+    print(f"wrote {args.output} with task '{report.task_id}' (validation Dice {dice} on "
+          f"{len(report.dice_per_case)} held-out case(s)) and its manifest; usage: {report.manifest['usage']}")
+    return 0
+
+
 class _ProgressBar:
     """A tqdm bar driven by the engine's ``progress(stage, fraction)`` callback."""
 
@@ -421,7 +466,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 COMMANDS = {"tasks": cmd_tasks, "segment": cmd_segment, "batch": cmd_batch, "evaluate": cmd_evaluate,
             "refine": cmd_refine, "detect-segment": cmd_detect_segment, "train": cmd_train, "export": cmd_export,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "add-task": cmd_add_task}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,8 @@ class ModelTask:
     weak: bool
     in_model: bool = True
     source: str = "validation"  # which manifest figure gave ``dice``
+    terminology: str | None = None  # Slicer terminology entry; a task added with an unknown name: its --code or None
+    added: bool = False  # added to the model by `universalseg add-task`
 
     def label(self) -> str:
         """The task-list label: ``"Mandible (Dice 0.86)"``, ``"... (not validated)"``, ``"... (not in the model)"``."""
@@ -127,17 +129,24 @@ def model_tasks(model: str | Path | dict | None = None, catalog: Catalog | None 
             known = name in trained or name in catalog.datasets
             if tid is not None and (figures or {}).get("dice") is not None and known:
                 modality.setdefault(tid, trained.get(name) or catalog.datasets[name].modality)
+    added = manifest.get("added_tasks") or {}  # tasks `universalseg add-task` added, maybe unknown to the catalog
     out = []
     for tid in manifest["task_ids"]:
+        extra = added.get(tid) if isinstance(added.get(tid), dict) else None
         try:
             task = catalog.task(tid)
+            name, terminology = task.name, task.terminology_entry()
         except CatalogError:
-            continue  # a task of a newer catalog: this version cannot write it
+            if extra is None:
+                continue  # a task of a newer catalog: this version cannot write it
+            name, terminology = str(extra.get("name") or tid), extra.get("terminology")
+        if extra is not None:
+            modality.setdefault(tid, extra.get("modality"))
         entry = policy.tasks.get(tid)
         value = entry.dice if entry is not None else None
         source = "none" if entry is None or value is None else "validation (refined)" if entry.refine else entry.source
-        out.append(ModelTask(task.id, task.name, modality.get(tid), value,
-                             weak=entry is None or not entry.shown, source=source))
+        out.append(ModelTask(tid, name, modality.get(tid), value, weak=entry is None or not entry.shown,
+                             source=source, terminology=terminology, added=extra is not None))
     return out
 
 
