@@ -2,7 +2,7 @@
 
 Run by :class:`~UniversalSegLib.slicer_logic.runner.ProcessJob` (never imports Qt or ``slicer``)::
 
-    python -m UniversalSegLib.worker /tmp/universalseg-job-x1y2
+    python -m UniversalSegLib.worker JOB_FOLDER
 
 The folder holds ``request.json`` (``kind``: ``"segment"`` or ``"refine"``) and the input files it names.
 Every line the worker prints on stdout is one JSON event::

@@ -27,8 +27,8 @@ Splits: ``<splits>/<dataset>.json`` when the training engineer wrote one, else t
 and ``evaluate --weights`` measures such a file (default: that candidate). The shipped weights are step 300 of
 this run: see their manifest, ``UniversalSegLib/weights/litemedsam_finetuned.json``.
 
->>> candidate("/tmp/c").as_posix()
-'/tmp/c/refine/litemedsam_finetuned.pt'
+>>> candidate("my_cache").as_posix()
+'my_cache/refine/litemedsam_finetuned.pt'
 """
 
 from __future__ import annotations
