@@ -165,3 +165,20 @@ def test_axial_slices_of_a_3d_set_carry_their_boxes(shared_data: Path) -> None:
     for it in items:
         boxes, labels = mask_boxes(it.mask)
         assert np.array_equal(boxes, it.boxes) and np.array_equal(labels, it.labels)
+
+
+def test_detector_export_never_replaces_a_file_unasked(tmp_path):
+    from UniversalSegLib.errors import OutputError
+    from UniversalSegLib.training.detector import RECIPE, export
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"checkpoint")
+    (run / "last.pt").write_bytes(b"checkpoint")
+    target = tmp_path / "boxnet.pt"
+    target.write_bytes(b"shipped")
+    with pytest.raises(OutputError, match="--overwrite"):
+        export(run, target, RECIPE)
+    with pytest.raises(OutputError, match="is the input file"):
+        export(run, run / "best.pt", RECIPE, overwrite=True)
+    assert target.read_bytes() == b"shipped" and (run / "best.pt").read_bytes() == b"checkpoint"

@@ -8,7 +8,8 @@ boxes predicted near the centre. AdamW, cosine schedule, a wall-clock cap; check
 ``eval_every`` steps (``last.pt`` resumes, ``best.pt`` has the best validation mean box IoU).
 
     python -m UniversalSegLib.training.detector --out out/detector --minutes 30     # train / resume
-    python -m UniversalSegLib.training.detector --out out/detector --export UniversalSegLib/weights/boxnet_hc18.pt
+    python -m UniversalSegLib.training.detector --out out/detector --overwrite \\
+        --export UniversalSegLib/weights/boxnet_hc18.pt                             # the shipped file
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch.nn import functional as F
 
 from .. import __version__
 from ..detect.model import FORMAT, STRIDE, BoxNet, Detector, box_iou, cell_centres, decode, ltrb_to_boxes
+from ..safe_write import atomic_output, check_outputs
 from .slices2d import HC18, load_hc18, mask_boxes
 
 RECIPE: dict[str, Any] = {
@@ -220,16 +222,23 @@ def train(out: Path, recipe: dict, minutes: float | None = None) -> dict:
     return {"step": step, "best": best}
 
 
-def export(out: Path, target: Path, recipe: dict) -> dict:
-    """Write ``best.pt`` as shipped weights (float16) + the manifest beside them."""
+def export(out: Path, target: Path, recipe: dict, overwrite: bool = False) -> dict:
+    """Write ``best.pt`` as shipped weights (float16) + the manifest beside them, atomically.
+
+    An existing ``target`` (or its manifest) is replaced only with ``overwrite``; the run's own checkpoints are
+    never a target.
+    """
+    sources = [out / "best.pt", out / "last.pt"]
+    check_outputs([target, target.with_suffix(".json")], sources, overwrite)
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
     history = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["history"]
     config = {"num_classes": len(recipe["class_names"]), "widths": list(recipe["widths"]), "size": recipe["size"],
               "class_names": recipe["class_names"], "score_threshold": recipe["score_threshold"],
               "iou_threshold": recipe["iou_threshold"]}
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in best["net"].items()}
-    torch.save({"format": FORMAT, "version": 1, "config": config, "state_dict": state,
-                "metadata": {"step": best["step"]}}, target)
+    with atomic_output(target, overwrite, sources) as tmp:
+        torch.save({"format": FORMAT, "version": 1, "config": config, "state_dict": state,
+                    "metadata": {"step": best["step"]}}, tmp)
     # the shipped (float16) weights, scored as the run-time loads them
     detector = Detector.load(target)
     val = load_hc18("val")
@@ -250,7 +259,8 @@ def export(out: Path, target: Path, recipe: dict) -> dict:
                        "shipped_weights": metrics, "protocol": "top-scoring box vs the mask's box"},
         "history": history,
     }
-    target.with_suffix(".json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    with atomic_output(target.with_suffix(".json"), overwrite, sources) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 
 
@@ -259,9 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/detector"))
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock cap for this call (resumable)")
     parser.add_argument("--export", type=Path, default=None, help="write best.pt as shipped weights + manifest")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --export file")
     args = parser.parse_args(argv)
     if args.export:
-        print(json.dumps(export(args.out, args.export, RECIPE)["validation"], indent=1))
+        print(json.dumps(export(args.out, args.export, RECIPE, args.overwrite)["validation"], indent=1))
     else:
         print(train(args.out, RECIPE, args.minutes))
 
