@@ -24,7 +24,7 @@ from ..catalog import Catalog
 from ..errors import UniversalSegError
 from ..inference import SegmentationResult
 from ..runner import JobStatus, ProcessJob
-from ..worker import DEFAULT_ENGINE, MIN_WINDOW, unexpected
+from ..worker import DEFAULT_ENGINE, MIN_WINDOW
 from .request import PreparedRun
 
 #: Parts of the overall progress bar each engine stage fills (start, end).
@@ -38,8 +38,7 @@ STAGE_TEXT = {"queued": "Waiting to start", "load": "Loading the model", "prepar
 SegmentFunction = Union[Callable[..., SegmentationResult], str]  # noqa: UP007 - runs on Python 3.9
 
 __all__ = ["MIN_WINDOW", "STAGE_SPAN", "STAGE_TEXT", "JobStatus", "SegmentFunction", "SegmentationJob",
-           "engine_path", "_unexpected"]
-_unexpected = unexpected  # kept for older imports
+           "engine_path"]
 
 
 def engine_path(engine: SegmentFunction | None) -> str:

@@ -27,7 +27,6 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from .. import worker
 from ..catalog import Catalog
 from ..errors import CatalogError, CheckpointError, InputError
 from ..refine.prompts import MODES, Box3D, Point
@@ -40,7 +39,7 @@ from .request import check_volume_node
 from .segments import TASK_TAG, UndoEntry, save_segment
 
 if TYPE_CHECKING:
-    from ..refine.refiner import Refiner
+    pass
 
 #: Backends the Refine button offers (the first is the default).
 BACKENDS = tuple(REFINE_BACKEND_DEPENDENCIES)
@@ -81,7 +80,7 @@ class SegmentPlan:
 
 @dataclass
 class PreparedRefinement:
-    """A validated request with everything copied out of the scene (safe for a worker thread)."""
+    """A validated request with everything copied out of the scene (written into the worker process's job folder)."""
 
     image: sitk.Image
     ijk_to_ras: np.ndarray
@@ -177,18 +176,6 @@ def validate_refinement(request: RefinementRequest, scene, catalog: Catalog,
     image = image_from_volume_node(volume)
     return PreparedRefinement(image, ijk_to_ras(volume), volume.GetID(), node.GetID(), modality.kind, plans, points,
                               request.backend, checkpoint, request.mode)
-
-
-def default_refiner(prepared: PreparedRefinement) -> Refiner:
-    """The backend a prepared refinement asks for (LiteMedSAM with our fine-tuned decoder, or MedSAM2)."""
-    return worker.default_refiner({"backend": prepared.backend, "medsam2_checkpoint": prepared.medsam2_checkpoint})
-
-
-def refine_plan(prepared: PreparedRefinement, plan: SegmentPlan, refiner: Refiner) -> RefinedSegment:
-    """Refine one segment in this process: from its ROI boxes when it has some, else from its own voxels."""
-    mask, boxes, derived = worker.refine_one(prepared.image, plan.mask, plan.boxes, prepared.points, plan.task,
-                                             prepared.kind, prepared.mode, refiner)
-    return RefinedSegment(plan.segment_id, mask, boxes, derived)
 
 
 class RefinementJob(ProcessJob):
