@@ -21,7 +21,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,9 +37,6 @@ from .modality import guess_modality
 from .nodes import BINARY_LABELMAP, ijk_to_ras, image_from_volume_node, oriented_image, segment_arrays, segment_tag
 from .request import check_volume_node
 from .segments import TASK_TAG, UndoEntry, save_segment
-
-if TYPE_CHECKING:
-    pass
 
 #: Backends the Refine button offers (the first is the default).
 BACKENDS = tuple(REFINE_BACKEND_DEPENDENCIES)
